@@ -1,0 +1,161 @@
+"""Dataclass configs loaded from YAML with strict checking: unknown keys and wrong types are errors.
+
+One schema serves the CLI (``--config file.yaml`` plus ``--set section.key=value`` overrides)
+and, later, the ROS node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from prune_perception.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataConfig:
+    """Where the training and validation images are (COCO json, COCO root or YOLO root)."""
+
+    train: str = "runs/synth"
+    val: str = "runs/synth"
+    train_split: str = "train"
+    val_split: str = "val"
+    classes: list[str] | None = None
+
+
+@dataclass
+class ModelConfig:
+    size: str = "nano"
+    act: str = "relu"
+    input_size: list[int] = field(default_factory=lambda: [224, 384])  # H, W
+
+
+@dataclass
+class AugmentSettings:
+    flip_prob: float = 0.5
+    hsv_h: float = 0.015
+    hsv_s: float = 0.5
+    hsv_v: float = 0.4
+    scale_min: float = 0.6
+    scale_max: float = 1.4
+    translate: float = 0.1
+    mosaic_prob: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 30
+    batch_size: int = 16
+    optimizer: str = "adamw"          # adamw | sgd
+    lr: float = 0.002
+    weight_decay: float = 0.0005
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    lr_schedule: str = "cosine"       # cosine | plateau
+    min_lr_ratio: float = 0.05
+    ema: bool = True
+    patience: int = 10                # early stop after this many evaluations without val mAP50 gain
+    eval_interval: int = 1
+    seed: int = 0
+    time_limit_min: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    output: str = "runs/train"
+
+
+def _check_value(value: Any, annotation: Any, where: str) -> Any:
+    """Validate (and minimally coerce int -> float) a YAML value against a type annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_value(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_check_value(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {annotation}")
+
+
+def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(names))}")
+    return cls(**{k: _check_value(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optim.lr=0.001' -> (['optim', 'lr'], 0.001) with the value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
+    """Read a YAML config (or the defaults when path is None) and apply dotted overrides."""
+    data: dict = {}
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    for override in overrides:
+        keys, value = parse_override(override)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {key} is not a section")
+        node[keys[-1]] = value
+    return from_dict(cls, data, where)

@@ -1,0 +1,1 @@
+"""Datasets: synthetic driving scenes, COCO/YOLO loaders, augmentation, torch dataset."""

@@ -1,0 +1,1 @@
+"""mAP evaluation (faster-coco-eval) and reports."""

@@ -1,0 +1,1 @@
+"""Detector family, arch specs, checkpoints, torch inference."""

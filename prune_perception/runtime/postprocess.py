@@ -1,0 +1,41 @@
+"""Post-processing of native model outputs: score filter, class-aware NMS, top-k (numpy + OpenCV)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one image: boxes [N,4] xyxy float32, scores [N] float32, labels [N] int64."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def select_detections(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, nms_threshold: float,
+                      max_detections: int, pre_nms_top_k: int = 1000) -> Detections:
+    """Class-aware NMS of one image. boxes [K,4] xyxy, scores [K,C] per-class probabilities.
+
+    Every (cell, class) pair above the threshold is a candidate, so one cell can give boxes of
+    several classes (what mAP evaluation expects); only the best `pre_nms_top_k` go to NMS.
+    """
+    cells, classes = np.nonzero(scores > score_threshold)
+    candidate_scores = scores[cells, classes]
+    if len(candidate_scores) > pre_nms_top_k:
+        top = np.argpartition(-candidate_scores, pre_nms_top_k - 1)[:pre_nms_top_k]
+        cells, classes, candidate_scores = cells[top], classes[top], candidate_scores[top]
+    candidate_boxes = boxes[cells].astype(np.float32)
+    xywh = candidate_boxes.copy()
+    xywh[:, 2:] -= xywh[:, :2]
+    keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, candidate_scores.astype(np.float32), classes.astype(np.int32),
+                                              score_threshold, nms_threshold), dtype=np.int64).reshape(-1)
+    keep = keep[np.argsort(-candidate_scores[keep], kind="stable")][:max_detections]
+    return Detections(candidate_boxes[keep], candidate_scores[keep].astype(np.float32), classes[keep].astype(np.int64))

@@ -1,0 +1,273 @@
+"""Training loop: AdamW/SGD, warm-up + cosine (or plateau) LR, EMA, early stop on val mAP50, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from prune_perception.config import TrainConfig, to_dict
+from prune_perception.data.augment import AugmentConfig
+from prune_perception.data.dataset import DetectionDataset, load_dataset
+from prune_perception.data.torch_dataset import TorchDetectionDataset, collate_detections
+from prune_perception.errors import ConfigError, DatasetError
+from prune_perception.evaluation.coco_map import MapResult, evaluate_detections
+from prune_perception.models.arch import default_arch
+from prune_perception.models.checkpoint import load_checkpoint, save_checkpoint
+from prune_perception.models.detector import Detector
+from prune_perception.models.inference import LetterboxedImages, predict_images
+from prune_perception.training.ema import ModelEMA
+from prune_perception.training.loss import DetectionLoss
+
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("cosine", "plateau")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    lr: float
+    loss: float
+    loss_cls: float
+    loss_box: float
+    mAP50: float | None
+    mAP50_95: float | None
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    best_checkpoint: Path
+    best_epoch: int
+    best_map: MapResult
+    history: list[EpochRecord] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def validate_train_config(config: TrainConfig) -> None:
+    """Range checks that the YAML types alone do not express."""
+    optim = config.optim
+    checks = [
+        (optim.optimizer in OPTIMIZERS, f"optim.optimizer must be one of {OPTIMIZERS}, got {optim.optimizer!r}"),
+        (optim.lr_schedule in LR_SCHEDULES, f"optim.lr_schedule must be one of {LR_SCHEDULES}, got {optim.lr_schedule!r}"),
+        (optim.epochs >= 1, f"optim.epochs must be >= 1, got {optim.epochs}"),
+        (optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {optim.batch_size}"),
+        (optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}"),
+        (optim.eval_interval >= 1, f"optim.eval_interval must be >= 1, got {optim.eval_interval}"),
+        (len(config.model.input_size) == 2 and all(s % 32 == 0 and s > 0 for s in config.model.input_size),
+         f"model.input_size must be [H, W], multiples of 32, got {config.model.input_size}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def augment_config(config: TrainConfig) -> AugmentConfig:
+    a = config.augment
+    return AugmentConfig(flip_prob=a.flip_prob, hsv_h=a.hsv_h, hsv_s=a.hsv_s, hsv_v=a.hsv_v,
+                         scale=(a.scale_min, a.scale_max), translate=a.translate, mosaic_prob=a.mosaic_prob)
+
+
+def load_datasets(config: TrainConfig) -> tuple[DetectionDataset, DetectionDataset]:
+    train = load_dataset(config.data.train, config.data.train_split, config.data.classes)
+    val = load_dataset(config.data.val, config.data.val_split, train.classes)
+    if not any(len(s.labels) for s in train.samples):
+        raise DatasetError(f"training set {train.source} has no annotated objects")
+    return train, val
+
+
+def evaluate_model(model: Detector, images: LetterboxedImages, dataset: DetectionDataset,
+                   batch_size: int = 16, progress: bool = False) -> MapResult:
+    return evaluate_detections(dataset, predict_images(model, images, batch_size, progress=progress))
+
+
+class Trainer:
+    """Train (or fine-tune, when `model` is given) a detector as described by a TrainConfig."""
+
+    def __init__(self, config: TrainConfig, model: Detector | None = None, progress: bool = True):
+        validate_train_config(config)
+        self.config = config
+        self.progress = progress
+        self.output = Path(config.output)
+        self.input_hw = tuple(config.model.input_size)
+        self.train_set, self.val_set = load_datasets(config)
+        self.classes = self.train_set.classes
+        self.model = model or Detector(default_arch(config.model.size, len(self.classes), config.model.act))
+        if self.model.num_classes != len(self.classes):
+            raise ConfigError(f"model has {self.model.num_classes} classes, dataset {len(self.classes)}")
+        torch.manual_seed(config.optim.seed)
+        self.loss_fn = DetectionLoss(self.model.strides)
+        self.train_data = TorchDetectionDataset(self.train_set, self.input_hw, augment_config(config), config.optim.seed)
+        self.val_images = LetterboxedImages(self.val_set, self.input_hw)
+        self.loader = DataLoader(self.train_data, batch_size=config.optim.batch_size, shuffle=True,
+                                 collate_fn=collate_detections, drop_last=len(self.train_data) > config.optim.batch_size,
+                                 generator=torch.Generator().manual_seed(config.optim.seed))
+        self.optimizer = self._make_optimizer()
+        self.ema = ModelEMA(self.model, max_decay=0.998, ramp=200.0) if config.optim.ema else None
+        self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=0.5, patience=2)
+                        if config.optim.lr_schedule == "plateau" else None)
+        self.history: list[EpochRecord] = []
+        self.start_epoch = 0
+        self.best_map50 = -1.0
+        self.best_epoch = -1
+        self.evals_without_gain = 0
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        decay = [p for p in self.model.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": self.config.optim.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        o = self.config.optim
+        if o.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
+        return torch.optim.AdamW(groups, lr=o.lr)
+
+    @property
+    def eval_model(self) -> Detector:
+        return self.ema.model if self.ema else self.model
+
+    def lr_at(self, step: float, steps_per_epoch: int) -> float:
+        """Warm-up then cosine; with the plateau schedule only the warm-up is applied here."""
+        o = self.config.optim
+        warmup = o.warmup_epochs * steps_per_epoch
+        if step < warmup:
+            return o.lr * (0.1 + 0.9 * step / warmup)
+        if o.lr_schedule == "plateau":
+            return self.optimizer.param_groups[0]["lr"]
+        progress = (step - warmup) / max(1.0, o.epochs * steps_per_epoch - warmup)
+        return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _meta(self) -> dict[str, Any]:
+        return {"config": to_dict(self.config), "best_epoch": self.best_epoch, "best_mAP50": self.best_map50}
+
+    def save_last(self, epoch: int) -> None:
+        extra = {"epoch": epoch, "optimizer": self.optimizer.state_dict(),
+                 "ema": self.ema.state_dict() if self.ema else {}, "best_map50": self.best_map50,
+                 "best_epoch": self.best_epoch, "evals_without_gain": self.evals_without_gain,
+                 "history": json.dumps([r.__dict__ for r in self.history])}
+        save_checkpoint(self.output / "last.pt", self.model, self.classes, self.input_hw, self._meta(), extra)
+
+    def resume(self) -> bool:
+        """Continue from output/last.pt if it exists; returns whether it did."""
+        path = self.output / "last.pt"
+        if not path.is_file():
+            return False
+        ckpt = load_checkpoint(path)
+        if ckpt.model.arch["widths"] != self.model.arch["widths"]:
+            raise ConfigError(f"cannot resume from {path}: its architecture differs from the configured model")
+        self.model.load_state_dict(ckpt.model.state_dict())
+        self.optimizer.load_state_dict(ckpt.extra["optimizer"])
+        if self.ema and ckpt.extra.get("ema"):
+            self.ema.load_state_dict(ckpt.extra["ema"])
+        self.start_epoch = int(ckpt.extra["epoch"]) + 1
+        self.best_map50 = float(ckpt.extra["best_map50"])
+        self.best_epoch = int(ckpt.extra["best_epoch"])
+        self.evals_without_gain = int(ckpt.extra["evals_without_gain"])
+        self.history = [EpochRecord(**r) for r in json.loads(ckpt.extra["history"])]
+        return True
+
+    # -- loop --------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> tuple[float, float, float]:
+        self.model.train()
+        self.train_data.set_epoch(epoch)
+        steps = len(self.loader)
+        totals = np.zeros(3)
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.config.optim.epochs}", unit="batch",
+                   disable=not self.progress, leave=False)
+        for i, (images, targets, _) in enumerate(bar):
+            lr = self.lr_at(epoch * steps + i, steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            cls_logits, distances = self.model(images)
+            loss, parts = self.loss_fn(cls_logits, distances, targets, self.input_hw)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1} step {i}; lower optim.lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+            self.optimizer.step()
+            if self.ema:
+                self.ema.update(self.model)
+            totals += (float(loss.detach()), parts["cls"], parts["box"])
+            bar.set_postfix(loss=f"{totals[0] / (i + 1):.3f}", lr=f"{lr:.2e}")
+        return tuple(totals / max(steps, 1))
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        self.output.mkdir(parents=True, exist_ok=True)
+        if resume and self.resume() and self.progress:
+            tqdm.write(f"resumed from {self.output / 'last.pt'} at epoch {self.start_epoch + 1}")
+        o = self.config.optim
+        started = time.monotonic()
+        stopped_early = False
+        for epoch in range(self.start_epoch, o.epochs):
+            epoch_start = time.monotonic()
+            loss, loss_cls, loss_box = self.train_epoch(epoch)
+            result = None
+            if (epoch + 1) % o.eval_interval == 0 or epoch + 1 == o.epochs:
+                result = evaluate_model(self.eval_model, self.val_images, self.val_set)
+                self._after_eval(epoch, result)
+            record = EpochRecord(epoch + 1, self.optimizer.param_groups[0]["lr"], loss, loss_cls, loss_box,
+                                 result.map50 if result else None, result.map50_95 if result else None,
+                                 round(time.monotonic() - epoch_start, 2))
+            self.history.append(record)
+            self.save_last(epoch)
+            self.write_history()
+            if self.progress:
+                shown = f" val mAP50 {record.mAP50:.3f} mAP50-95 {record.mAP50_95:.3f}" if result else ""
+                tqdm.write(f"epoch {epoch + 1}/{o.epochs} loss {loss:.3f} (cls {loss_cls:.3f} box {loss_box:.3f})"
+                           f"{shown} [{record.seconds:.0f}s]")
+            if self.evals_without_gain >= o.patience:
+                stopped_early = True
+                break
+            if o.time_limit_min is not None and time.monotonic() - started > o.time_limit_min * 60:
+                stopped_early = True
+                break
+        best = load_checkpoint(self.output / "best.pt")
+        best_map = evaluate_model(best.model, self.val_images, self.val_set)
+        (self.output / "eval_best.json").write_text(json.dumps(best_map.as_dict(), indent=2))
+        self.write_plot()
+        return TrainResult(self.output / "best.pt", self.best_epoch, best_map, self.history, stopped_early)
+
+    def _after_eval(self, epoch: int, result: MapResult) -> None:
+        if self.plateau:
+            self.plateau.step(result.map50)
+        if result.map50 > self.best_map50:
+            self.best_map50, self.best_epoch, self.evals_without_gain = result.map50, epoch + 1, 0
+            save_checkpoint(self.output / "best.pt", self.eval_model, self.classes, self.input_hw, self._meta())
+        else:
+            self.evals_without_gain += 1
+
+    def write_history(self) -> None:
+        (self.output / "history.json").write_text(json.dumps([r.__dict__ for r in self.history], indent=2))
+
+    def write_plot(self) -> Path:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [r.epoch for r in self.history]
+        fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4))
+        ax_loss.plot(epochs, [r.loss for r in self.history], label="total")
+        ax_loss.plot(epochs, [r.loss_cls for r in self.history], label="cls")
+        ax_loss.plot(epochs, [r.loss_box for r in self.history], label="box")
+        ax_loss.set(xlabel="epoch", ylabel="train loss", title="Loss")
+        ax_loss.legend()
+        evaluated = [r for r in self.history if r.mAP50 is not None]
+        ax_map.plot([r.epoch for r in evaluated], [r.mAP50 for r in evaluated], marker="o", label="mAP50")
+        ax_map.plot([r.epoch for r in evaluated], [r.mAP50_95 for r in evaluated], marker="o", label="mAP50-95")
+        ax_map.set(xlabel="epoch", ylabel="val mAP", title="Validation", ylim=(0, 1))
+        ax_map.legend()
+        fig.tight_layout()
+        path = self.output / "training.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path

@@ -1,0 +1,51 @@
+"""Shared pytest setup.
+
+Order matters: the environment defaults below are set at import time, before any test module
+imports rclpy, so every ROS process of the test run keeps DDS traffic on loopback (DESIGN §9)
+and uses its own domain id. `make test` sets both explicitly; these are the fallbacks for a bare
+`.venv/bin/pytest`.
+"""
+
+import os
+import sys
+
+import pytest
+
+# --- environment (must run before anything imports rclpy) -----------------------------------
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 101 + 1))  # 1..101, per run
+# ament_index (package share dirs, rmw/typesupport lookup) must see this venv's prefix.
+_ament = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+if sys.prefix not in _ament:
+    os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join([sys.prefix] + _ament)
+
+
+# --- markers ------------------------------------------------------------------------------
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: takes more than a few seconds (builds, training); CI runs them too")
+
+
+# --- fixtures -----------------------------------------------------------------------------
+# (shared fixtures go below this line)
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory):
+    """A small synthetic driving dataset (COCO layout), generated once per test run."""
+    from prune_perception.data.synth import SynthConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny_synth")
+    generate_dataset(root, SynthConfig(num_images=40, width=320, height=192, val_fraction=0.25, seed=3, workers=1),
+                     progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_train_config(tiny_synth, tmp_path_factory):
+    """A TrainConfig small enough to run a few epochs in seconds."""
+    from prune_perception.config import TrainConfig, load_config
+
+    output = tmp_path_factory.mktemp("tiny_train")
+    return load_config(TrainConfig, None, [
+        f"data.train={tiny_synth}", f"data.val={tiny_synth}", f"output={output}",
+        "model.input_size=[128, 192]", "optim.epochs=4", "optim.batch_size=8", "optim.warmup_epochs=0.5",
+        "optim.lr=0.004"])

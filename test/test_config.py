@@ -1,0 +1,44 @@
+"""YAML configs: strict keys and types, shipped files in sync with the defaults."""
+
+from pathlib import Path
+
+import pytest
+
+from prune_perception.config import TrainConfig, load_config
+from prune_perception.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_train_config_equals_defaults():
+    assert load_config(TrainConfig, REPO / "config" / "train_synth.yaml") == TrainConfig()
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.optim: unknown key\(s\) epochz"):
+        load_config(TrainConfig, path)
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match="optim.lr: expected float, got 'fast'"):
+        load_config(TrainConfig, path)
+
+
+def test_overrides_are_typed():
+    config = load_config(TrainConfig, None, ["optim.epochs=5", "model.input_size=[64, 96]", "optim.lr=1"])
+    assert config.optim.epochs == 5 and config.model.input_size == [64, 96] and config.optim.lr == 1.0
+    with pytest.raises(ConfigError, match="optim.epochs: expected int"):
+        load_config(TrainConfig, None, ["optim.epochs=many"])
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("optim: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(TrainConfig, path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(TrainConfig, tmp_path / "nope.yaml")

@@ -1,0 +1,130 @@
+"""Packaging: package.xml, the installed share/ files, and a real colcon build."""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "prune_perception"
+EXEC_DEPENDS = {"rclpy", "sensor_msgs", "vision_msgs", "diagnostic_msgs", "std_msgs",
+                "geometry_msgs", "launch", "launch_ros"}
+COLCON_VENV = REPO / "build" / "colcon-venv"
+
+
+def _installed_share():
+    try:
+        from ament_index_python.packages import get_package_share_directory
+    except ImportError:
+        return Path(sys.prefix) / "share" / PACKAGE
+    return Path(get_package_share_directory(PACKAGE))
+
+
+# ---------------------------------------------------------------------------- package.xml ----
+def test_package_xml_declares_ament_python_and_dependencies():
+    root = ET.parse(REPO / "package.xml").getroot()
+    assert root.tag == "package" and root.get("format") == "3"
+    assert root.findtext("name") == PACKAGE
+    assert root.findtext("export/build_type") == "ament_python"
+    exec_deps = {e.text.strip() for e in root.findall("exec_depend")}
+    missing = EXEC_DEPENDS - exec_deps
+    assert not missing, f"package.xml lacks exec_depend {sorted(missing)}"
+    assert "python3-pytest" in {e.text.strip() for e in root.findall("test_depend")}
+    from prune_perception import __version__
+    assert root.findtext("version") == __version__, "package.xml and __init__ versions differ"
+
+
+# ------------------------------------------------------------------- installed share/ files ----
+def test_installed_package_has_share_files():
+    share = _installed_share()
+    assert (share / "package.xml").is_file(), f"{share}/package.xml missing: run `make env`"
+    marker = share.parent / "ament_index" / "resource_index" / "packages" / PACKAGE
+    assert marker.is_file(), f"ament index marker {marker} missing"
+    installed_launch = {p.name for p in (share / "launch").glob("*.launch.py")}
+    assert "train.launch.py" in installed_launch
+    assert list((share / "config").glob("*.yaml")), f"no config/*.yaml in {share}"
+    # Everything in the source tree's launch/ and config/ is installed (no forgotten data_files).
+    for sub in ("launch", "config"):
+        src = {p.name for p in (REPO / sub).iterdir() if p.is_file()}
+        inst = {p.name for p in (share / sub).iterdir() if p.is_file()}
+        assert src <= inst, f"{sub}/ not installed: {sorted(src - inst)} (run `make env`)"
+
+
+def test_train_launch_file_builds_a_launch_description():
+    launch = pytest.importorskip("launch")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_launch", REPO / "launch" / "train.launch.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ld = mod.generate_launch_description()
+    assert isinstance(ld, launch.LaunchDescription)
+    args = {a.name: a for a in ld.get_launch_arguments()}
+    assert "config" in args
+    default = "".join(s.perform(None) for s in args["config"].default_value)
+    assert default.endswith(os.path.join("share", PACKAGE, "config", "train_synth.yaml"))
+    proc = [e for e in ld.entities if type(e).__name__ == "ExecuteProcess"]
+    assert len(proc) == 1
+
+
+# ------------------------------------------------------------------------------ colcon ----
+def _colcon():
+    exe = COLCON_VENV / "bin" / "colcon"
+    if not exe.exists():  # normally created by scripts/setup_env.sh; create it lazily otherwise
+        subprocess.run(["bash", str(REPO / "scripts" / "setup_env.sh"), "--colcon-only"],
+                       check=True, timeout=600)
+    return exe
+
+
+@pytest.mark.slow
+def test_colcon_build(tmp_path):
+    colcon = _colcon()
+    src = tmp_path / "src" / PACKAGE
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "install", "log", "runs", "__pycache__", "*.egg-info",
+        ".pytest_cache", ".hypothesis", "tools"))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    env["PATH"] = os.pathsep.join([str(colcon.parent), "/usr/bin", "/bin"])
+    proc = subprocess.run(
+        [str(colcon), "--log-base", str(tmp_path / "log"), "build",
+         "--base-paths", str(tmp_path / "src"), "--build-base", str(tmp_path / "build"),
+         "--install-base", str(tmp_path / "install"), "--event-handlers", "console_cohesion+"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"colcon build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    prefix = tmp_path / "install" / PACKAGE
+    assert (prefix / "share" / PACKAGE / "package.xml").is_file()
+    assert (prefix / "share" / PACKAGE / "launch" / "train.launch.py").is_file()
+    assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / PACKAGE).is_file()
+    scripts = [p for p in glob.glob(str(prefix / "lib" / PACKAGE / "prune-perception"))
+               + glob.glob(str(prefix / "bin" / "prune-perception")) if os.access(p, os.X_OK)]
+    assert scripts, f"no prune-perception console script under {prefix}/lib/{PACKAGE} or bin"
+    # ament_python layout: the script is where `ros2 run` / launch_ros look for it.
+    assert (prefix / "lib" / PACKAGE / "prune-perception").is_file()
+    assert glob.glob(str(prefix / "lib" / "python3*" / "site-packages" / PACKAGE / "__init__.py"))
+
+
+def test_train_launch_file_runs_the_cli(tmp_path):
+    """The installed launch file really starts `prune-perception train --config <config>`."""
+    pytest.importorskip("launch")
+    launch_file = _installed_share() / "launch" / "train.launch.py"
+    missing = tmp_path / "missing.yaml"
+    script = (
+        "import sys, launch\n"
+        "from launch.actions import IncludeLaunchDescription\n"
+        "from launch.launch_description_sources import AnyLaunchDescriptionSource\n"
+        "ls = launch.LaunchService(noninteractive=True)\n"
+        f"ls.include_launch_description(IncludeLaunchDescription(AnyLaunchDescriptionSource("
+        f"{str(launch_file)!r}), launch_arguments=[('config', {str(missing)!r})]))\n"
+        "sys.exit(ls.run())\n")
+    env = dict(os.environ, ROS_LOG_DIR=str(tmp_path / "roslog"))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert "process started" in out, out
+    assert f"prune-perception train --config {missing}" in out, out
