@@ -52,7 +52,7 @@ class AugmentSettings:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 16
     optimizer: str = "adamw"          # adamw | sgd
     lr: float = 0.002
