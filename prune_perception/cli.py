@@ -33,13 +33,72 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from prune_perception.evaluation.evaluate import evaluate_checkpoint_file
+    from prune_perception.evaluation.evaluate import evaluate_model_file
 
-    result, paths = evaluate_checkpoint_file(Path(args.model), args.data, args.split,
+    result, paths = evaluate_model_file(Path(args.model), args.data, args.split,
                                              Path(args.output) if args.output else None, args.batch_size,
                                              progress=not args.quiet)
     print(f"mAP50 {result.map50:.3f} mAP50-95 {result.map50_95:.3f} on {result.num_images} images")
     for path in paths:
+        print(f"wrote {path}")
+
+
+def _cmd_prune(args: argparse.Namespace) -> None:
+    from prune_perception.config import PruneConfig, load_config
+    from prune_perception.pruning.run import run_pruning
+
+    overrides = list(args.set)
+    for key, value in (("checkpoint", args.checkpoint), ("prune.method", args.method), ("prune.ratio", args.ratio),
+                       ("prune.iterative_steps", args.steps), ("finetune.epochs", args.finetune_epochs),
+                       ("output", args.output)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.global_pruning:
+        overrides.append("prune.global_pruning=true")
+    path, history = run_pruning(load_config(PruneConfig, args.config, overrides), progress=not args.quiet)
+    dense, final = history[0], history[-1]
+    print(f"pruned checkpoint: {path}")
+    print(f"params {dense.params:,} -> {final.params:,}, MACs {dense.macs / 1e6:.1f}M -> {final.macs / 1e6:.1f}M "
+          f"({1 - final.macs / dense.macs:.1%} cut), val mAP50 {dense.mAP50:.3f} -> {final.mAP50:.3f}")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from prune_perception.errors import ConfigError
+    from prune_perception.export.onnx_eval import evaluate_onnx_file
+    from prune_perception.export.onnx_export import export_onnx
+    from prune_perception.export.quantize import Int8Calibration
+
+    if args.int8 and not args.calib_data:
+        raise ConfigError("--int8 needs --calib-data DATASET (calibration images)")
+    if args.eval_data and not args.int8:
+        raise ConfigError("--eval-data compares the float and INT8 models: it needs --int8")
+    calibration = Int8Calibration(args.calib_data, args.calib_split, args.calib_images) if args.int8 else None
+    report = export_onnx(Path(args.checkpoint), Path(args.output), dynamic_batch=args.dynamic_batch,
+                         opset=args.opset, slim=not args.no_slim, int8_calibration=calibration)
+    print(f"parity (torch vs ONNX Runtime): {report.parity.summary()}")
+    print(f"wrote {report.path}: {report.size_bytes / 1e6:.2f} MB, opset {report.opset}, "
+          f"batch {'dynamic' if report.dynamic_batch else 1}, {report.params / 1e6:.3f} M params, "
+          f"{report.macs / 1e9:.3f} GMACs, sha256 {report.model_hash[:12]}")
+    if report.int8 is not None:
+        int8 = report.int8
+        print(f"wrote {int8.path}: {int8.size_bytes / 1e6:.2f} MB INT8, {int8.calibration_images} calibration "
+              f"images, {int8.excluded_nodes} nodes kept float; vs float on a road scene: max |boxes diff| "
+              f"{int8.boxes_max_abs_diff_vs_float:.3g} px, max |scores diff| {int8.scores_max_abs_diff_vs_float:.3g}")
+        if args.eval_data:
+            for name, path in (("float", report.path), ("int8", int8.path)):
+                result = evaluate_onnx_file(path, args.eval_data, args.eval_split)
+                print(f"{name}: mAP50 {result.map50:.3f} mAP50-95 {result.map50_95:.3f} on {result.num_images} "
+                      f"images ({args.eval_split})")
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from prune_perception.evaluation.bench import BenchSettings, bench_images, bench_markdown, run_bench, write_bench
+
+    settings = BenchSettings(tuple(args.providers), args.threads, args.runs, args.warmup, args.pin_cores)
+    images = bench_images(args.data, args.split, args.images)
+    results, machine = run_bench([Path(m) for m in args.models], images, settings, progress=not args.quiet)
+    print(bench_markdown(results, machine, settings))
+    for path in write_bench(results, machine, settings, Path(args.output)):
         print(f"wrote {path}")
 
 
@@ -73,12 +132,53 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     evaluate = sub.add_parser("eval", help="mAP50, mAP50-95 and per-class AP of a checkpoint on a dataset")
-    evaluate.add_argument("model", help="checkpoint (.pt)")
+    evaluate.add_argument("model", help="checkpoint (.pt) or ONNX model (.onnx, run with ONNX Runtime)")
     evaluate.add_argument("--data", required=True, help="COCO json, COCO root or YOLO root")
     evaluate.add_argument("--split", default="val")
     evaluate.add_argument("-o", "--output", help="directory for eval.json and eval.md")
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.set_defaults(func=_cmd_eval)
+
+    prune = sub.add_parser("prune", help="structured channel pruning (+ fine-tuning) of a checkpoint")
+    prune.add_argument("--config", help="YAML file (e.g. config/prune_synth.yaml); defaults when omitted")
+    prune.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config value, e.g. --set prune.max_layer_ratio=0.8 (repeatable)")
+    prune.add_argument("--checkpoint", help="dense checkpoint to prune")
+    prune.add_argument("--method", help="importance: l1, l2, taylor, bn_scale, random")
+    prune.add_argument("--ratio", type=float, help="fraction of channels to remove")
+    prune.add_argument("--global", dest="global_pruning", action="store_true",
+                       help="one importance ranking across layers (default: same ratio per layer)")
+    prune.add_argument("--steps", type=int, help="iterative steps (fine-tuning after each)")
+    prune.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per step (0: none)")
+    prune.add_argument("-o", "--output", help="output directory")
+    prune.set_defaults(func=_cmd_prune)
+
+    export = sub.add_parser("export", help="export a checkpoint to ONNX (metadata, parity check, optional INT8)")
+    export.add_argument("checkpoint", help="checkpoint (.pt)")
+    export.add_argument("-o", "--output", required=True, help="ONNX file to write (INT8 copy: NAME.int8.onnx)")
+    export.add_argument("--dynamic-batch", action="store_true", help="batch dimension 'batch' instead of 1")
+    export.add_argument("--opset", type=int, default=17)
+    export.add_argument("--no-slim", action="store_true", help="skip onnxslim")
+    export.add_argument("--int8", action="store_true", help="also write a static INT8 (QDQ) copy")
+    export.add_argument("--calib-data", help="INT8 calibration dataset (COCO json, COCO root or YOLO root)")
+    export.add_argument("--calib-split", default="train")
+    export.add_argument("--calib-images", type=int, default=64, help="calibration images, spread over the split")
+    export.add_argument("--eval-data", help="with --int8: mAP of the float and INT8 models on this dataset")
+    export.add_argument("--eval-split", default="val")
+    export.set_defaults(func=_cmd_export)
+
+    bench = sub.add_parser("bench", help="latency of ONNX models side by side (per stage p50/p90/p99)")
+    bench.add_argument("models", nargs="+", help="ONNX models; ratios are relative to the first")
+    bench.add_argument("-o", "--output", default="runs/bench")
+    bench.add_argument("--providers", nargs="+", default=["cpu"], help="preference list: tensorrt cuda cpu")
+    bench.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    bench.add_argument("--runs", type=int, default=200)
+    bench.add_argument("--warmup", type=int, default=20)
+    bench.add_argument("--pin-cores", action="store_true", help="pin the process to the first THREADS cores")
+    bench.add_argument("--data", help="dataset whose images are timed (default: synthetic 640x360 scenes)")
+    bench.add_argument("--split", default="val")
+    bench.add_argument("--images", type=int, default=16, help="distinct images cycled through")
+    bench.set_defaults(func=_cmd_bench)
 
     demo = sub.add_parser("demo", help="the whole pipeline on synthetic data; reuses finished stages")
     demo.add_argument("-o", "--output", default="runs/demo")

@@ -77,6 +77,34 @@ class TrainConfig:
     output: str = "runs/train"
 
 
+@dataclass
+class PruneSettings:
+    """How to prune (see prune_perception/pruning/)."""
+
+    method: str = "l1"                 # l1 | l2 | taylor | bn_scale | random
+    ratio: float = 0.5                 # fraction of channels removed
+    global_pruning: bool = False       # one ranking across layers instead of the same ratio per layer
+    max_layer_ratio: float = 0.9
+    layer_ratios: dict[str, float] | None = None   # per-layer overrides by arch-spec layer name
+    iterative_steps: int = 1           # reach `ratio` in N steps, fine-tuning after each
+    round_to: int | None = None        # channel counts kept multiples of this
+    taylor_batches: int = 8            # batches of detection-loss gradients for `taylor`
+
+
+def _finetune_defaults() -> OptimConfig:
+    return OptimConfig(epochs=6, lr=0.001, warmup_epochs=0.0, patience=4)
+
+
+@dataclass
+class PruneConfig:
+    checkpoint: str = "runs/train/best.pt"
+    data: DataConfig = field(default_factory=DataConfig)
+    prune: PruneSettings = field(default_factory=PruneSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    finetune: OptimConfig = field(default_factory=_finetune_defaults)   # epochs 0 = no fine-tuning
+    output: str = "runs/prune"
+
+
 def _check_value(value: Any, annotation: Any, where: str) -> Any:
     """Validate (and minimally coerce int -> float) a YAML value against a type annotation."""
     origin = typing.get_origin(annotation)
@@ -95,6 +123,12 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
         raise ConfigError(errors[0])
     if dataclasses.is_dataclass(annotation):
         return from_dict(annotation, value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(annotation)
+        return {_check_value(k, key_type, f"{where} key"): _check_value(v, value_type, f"{where}.{k}")
+                for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")

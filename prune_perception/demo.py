@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prune_perception.config import TrainConfig, load_config, to_dict
 from prune_perception.data.synth import SynthConfig, generate_dataset
-from prune_perception.evaluation.evaluate import evaluate_checkpoint_file
+from prune_perception.evaluation.evaluate import evaluate_model_file
 from prune_perception.training.trainer import Trainer
 
 
@@ -38,7 +38,7 @@ def run_demo(output: Path, num_images: int = 1000, epochs: int | None = None, pr
         done_marker.write_text(json.dumps({"config": to_dict(config), "best_epoch": result.best_epoch}))
 
     _stage("3/3 evaluate")
-    result, written = evaluate_checkpoint_file(train_dir / "best.pt", str(data_dir), "val", eval_dir, progress=progress)
+    result, written = evaluate_model_file(train_dir / "best.pt", str(data_dir), "val", eval_dir, progress=progress)
     summary = {"mAP50": round(result.map50, 4), "mAP50_95": round(result.map50_95, 4),
                "checkpoint": str(train_dir / "best.pt"), "report": str(eval_dir / "eval.md"),
                "history": str(train_dir / "history.json"), "plot": str(train_dir / "training.png"),

@@ -15,3 +15,19 @@ class DatasetError(PrunePerceptionError):
 
 class CheckpointError(PrunePerceptionError):
     """A checkpoint file is missing, corrupt or of an unknown format."""
+
+
+class ExportError(PrunePerceptionError):
+    """ONNX export failed: the exporter refused the model, or the exported model does not match torch."""
+
+
+class ModelLoadError(PrunePerceptionError):
+    """A model file is missing, unreadable, not ONNX, or its metadata/inputs/outputs do not fit the runtime."""
+
+
+class ProviderError(PrunePerceptionError):
+    """An ONNX Runtime execution provider is unknown, or the required one is not active."""
+
+
+class InputImageError(PrunePerceptionError):
+    """An input image is empty, corrupt or of an unsupported shape/dtype."""

@@ -7,6 +7,7 @@ Anchor-free: every cell of the stride 8/16/32 maps predicts class logits and the
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import torch
@@ -172,17 +173,12 @@ def distances_to_boxes(centers: torch.Tensor, distances: torch.Tensor) -> torch.
     return torch.cat([centers - distances[..., :2], centers + distances[..., 2:]], -1)
 
 
+def spec_layers(model: Detector) -> dict[str, ConvBNAct]:
+    """Arch-spec layer name -> its ConvBNAct module (stageS.blockB lives at stageS.blocks.B)."""
+    modules = dict(model.named_modules())
+    return {name: modules[re.sub(r"^(stage\d)\.block(\d+)", r"\1.blocks.\2", name)] for name in model.arch["widths"]}
+
+
 def model_widths(model: Detector) -> dict[str, int]:
     """Read the real conv widths back (after pruning) in arch-spec naming."""
-    convs = {name: m for name, m in model.named_modules() if isinstance(m, ConvBNAct)}
-    widths = {}
-    for spec_name in model.arch["widths"]:
-        module_name = spec_name
-        for s in range(1, 5):  # stage blocks live in a Sequential: stageS.blockB -> stageS.blocks.B
-            module_name = module_name.replace(f"stage{s}.block", f"stage{s}.blocks.")
-        widths[spec_name] = convs[module_name].conv.out_channels
-    return widths
-
-
-def build_detector(arch: dict[str, Any]) -> Detector:
-    return Detector(arch)
+    return {name: layer.conv.out_channels for name, layer in spec_layers(model).items()}

@@ -100,7 +100,7 @@ class Trainer:
         self.input_hw = tuple(config.model.input_size)
         self.train_set, self.val_set = load_datasets(config)
         self.classes = self.train_set.classes
-        self.model = model or Detector(default_arch(config.model.size, len(self.classes), config.model.act))
+        self.model = model if model is not None else Detector(default_arch(config.model.size, len(self.classes), config.model.act))
         if self.model.num_classes != len(self.classes):
             raise ConfigError(f"model has {self.model.num_classes} classes, dataset {len(self.classes)}")
         torch.manual_seed(config.optim.seed)

@@ -1,0 +1,1 @@
+"""Pruning: importance criteria and structured (channel) pruning through torch-pruning's dependency graph."""

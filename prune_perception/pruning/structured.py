@@ -1,0 +1,83 @@
+"""Structured channel pruning: whole filters are removed, so the network really gets smaller.
+
+torch-pruning's dependency graph (DepGraph) groups layers whose channels are coupled (residual
+adds, concatenations, BatchNorm, the next layer's input) and removes them together. The head's
+final convs are never pruned (their widths are the class count and the four box distances).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+
+from prune_perception.errors import ConfigError
+from prune_perception.models.detector import Detector, model_widths, spec_layers
+
+
+@dataclass
+class PruneSpec:
+    """What to prune: channel ratio, scope and limits."""
+
+    ratio: float = 0.5                 # fraction of channels removed (per layer, or overall when global)
+    global_pruning: bool = False       # one importance ranking across all layers instead of the same ratio each
+    max_layer_ratio: float = 0.9       # never remove more than this fraction of one layer's channels
+    layer_ratios: dict[str, float] | None = None   # per-layer overrides, arch-spec names (e.g. "neck.td3")
+    iterative_steps: int = 1           # reach `ratio` in this many equal steps (fine-tune in between)
+    round_to: int | None = None        # keep channel counts multiples of this (SIMD-friendly widths)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"prune ratio must be in [0, 1), got {self.ratio}")
+        if not 0.0 < self.max_layer_ratio < 1.0:
+            raise ConfigError(f"max_layer_ratio must be in (0, 1), got {self.max_layer_ratio}")
+        if self.iterative_steps < 1:
+            raise ConfigError(f"iterative_steps must be >= 1, got {self.iterative_steps}")
+        for name, ratio in (self.layer_ratios or {}).items():
+            if not 0.0 <= ratio < 1.0:
+                raise ConfigError(f"layer ratio for {name} must be in [0, 1), got {ratio}")
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    params: int
+    macs: int
+
+
+def model_cost(model: torch.nn.Module, input_hw: tuple[int, int]) -> ModelCost:
+    """Parameters and multiply-accumulates of one forward pass at batch 1."""
+    was_training = model.training
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, *input_hw))
+    model.train(was_training)
+    return ModelCost(int(params), int(macs))
+
+
+class StructuredPruner:
+    """Wraps torch-pruning's MetaPruner for one Detector; call step() `spec.iterative_steps` times."""
+
+    def __init__(self, model: Detector, input_hw: tuple[int, int], importance: tp.importance.Importance,
+                 spec: PruneSpec):
+        spec.validate()
+        self.model, self.spec = model, spec
+        convs = {name: layer.conv for name, layer in spec_layers(model).items()}
+        unknown = sorted(set(spec.layer_ratios or {}) - set(convs))
+        if unknown:
+            raise ConfigError(f"unknown layer(s) in layer_ratios: {', '.join(unknown)}")
+        self.pruner = tp.pruner.MetaPruner(
+            model, torch.zeros(1, 3, *input_hw), importance=importance, global_pruning=spec.global_pruning,
+            pruning_ratio=spec.ratio, max_pruning_ratio=spec.max_layer_ratio, iterative_steps=spec.iterative_steps,
+            pruning_ratio_dict={convs[name]: r for name, r in (spec.layer_ratios or {}).items()} or None,
+            ignored_layers=model.prunable_output_layers(), round_to=spec.round_to)
+        self.steps_done = 0
+
+    def step(self) -> dict[str, int]:
+        """Remove the next share of channels; returns the new widths (also written into model.arch)."""
+        if self.steps_done >= self.spec.iterative_steps:
+            raise RuntimeError("all pruning steps are done")
+        self.pruner.step()
+        self.steps_done += 1
+        widths = model_widths(self.model)
+        self.model.arch = dict(self.model.arch, widths=widths)
+        return widths
