@@ -64,7 +64,7 @@ def _cmd_prune(args: argparse.Namespace) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> None:
     from prune_perception.errors import ConfigError
-    from prune_perception.export.onnx_eval import evaluate_onnx_file
+    from prune_perception.evaluation.evaluate import evaluate_onnx
     from prune_perception.export.onnx_export import export_onnx
     from prune_perception.export.quantize import Int8Calibration
 
@@ -78,7 +78,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"parity (torch vs ONNX Runtime): {report.parity.summary()}")
     print(f"wrote {report.path}: {report.size_bytes / 1e6:.2f} MB, opset {report.opset}, "
           f"batch {'dynamic' if report.dynamic_batch else 1}, {report.params / 1e6:.3f} M params, "
-          f"{report.macs / 1e9:.3f} GMACs, sha256 {report.model_hash[:12]}")
+          f"{report.macs / 1e9:.3f} GMACs, model_hash {report.model_hash[:12]}")
     if report.int8 is not None:
         int8 = report.int8
         print(f"wrote {int8.path}: {int8.size_bytes / 1e6:.2f} MB INT8, {int8.calibration_images} calibration "
@@ -86,7 +86,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
               f"{int8.boxes_max_abs_diff_vs_float:.3g} px, max |scores diff| {int8.scores_max_abs_diff_vs_float:.3g}")
         if args.eval_data:
             for name, path in (("float", report.path), ("int8", int8.path)):
-                result = evaluate_onnx_file(path, args.eval_data, args.eval_split)
+                result, _ = evaluate_onnx(path, args.eval_data, args.eval_split, progress=not args.quiet)
                 print(f"{name}: mAP50 {result.map50:.3f} mAP50-95 {result.map50_95:.3f} on {result.num_images} "
                       f"images ({args.eval_split})")
 
@@ -157,14 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint", help="checkpoint (.pt)")
     export.add_argument("-o", "--output", required=True, help="ONNX file to write (INT8 copy: NAME.int8.onnx)")
     export.add_argument("--dynamic-batch", action="store_true", help="batch dimension 'batch' instead of 1")
-    export.add_argument("--opset", type=int, default=17)
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..20 (default 17)")
     export.add_argument("--no-slim", action="store_true", help="skip onnxslim")
     export.add_argument("--int8", action="store_true", help="also write a static INT8 (QDQ) copy")
     export.add_argument("--calib-data", help="INT8 calibration dataset (COCO json, COCO root or YOLO root)")
-    export.add_argument("--calib-split", default="train")
+    export.add_argument("--calib-split", default="train", help="calibration split (default train)")
     export.add_argument("--calib-images", type=int, default=64, help="calibration images, spread over the split")
     export.add_argument("--eval-data", help="with --int8: mAP of the float and INT8 models on this dataset")
-    export.add_argument("--eval-split", default="val")
+    export.add_argument("--eval-split", default="val", help="evaluation split (default val)")
     export.set_defaults(func=_cmd_export)
 
     bench = sub.add_parser("bench", help="latency of ONNX models side by side (per stage p50/p90/p99)")

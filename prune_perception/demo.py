@@ -19,6 +19,7 @@ def _stage(name: str) -> None:
 def run_demo(output: Path, num_images: int = 1000, epochs: int | None = None, progress: bool = True) -> dict:
     """Run (or reuse) every stage under `output`; returns and prints the summary."""
     started = time.monotonic()
+    output = output.resolve()
     data_dir, train_dir, eval_dir = output / "synth", output / "train", output / "eval"
 
     _stage("1/3 synthetic driving scenes")

@@ -14,7 +14,8 @@ from prune_perception.models.arch import default_arch
 from prune_perception.models.checkpoint import save_checkpoint
 from prune_perception.models.detector import Detector
 from prune_perception.pruning.importance import make_importance
-from prune_perception.pruning.structured import PruneSpec, StructuredPruner, model_cost
+from prune_perception.models.cost import model_cost
+from prune_perception.pruning.structured import PruneSpec, StructuredPruner
 
 INPUT_HW = (96, 160)
 

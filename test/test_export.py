@@ -14,26 +14,34 @@ import torch
 
 from prune_perception.cli import main as cli_main
 from prune_perception.data.classes import SYNTH_CLASSES
-from prune_perception.data.dataset import load_dataset
 from prune_perception.errors import ExportError
 from prune_perception.export import metadata as md
 from prune_perception.export import onnx_export
-from prune_perception.export.onnx_eval import predict_onnx
 from prune_perception.export.onnx_export import BOX_TOLERANCE_PX, SCORE_TOLERANCE, export_onnx
 from prune_perception.export.quantize import Int8Calibration
 from prune_perception.models.arch import default_arch
 from prune_perception.models.checkpoint import load_checkpoint, save_checkpoint
 from prune_perception.models.detector import Detector
-from prune_perception.models.inference import LetterboxedImages, predict_images
 
 INPUT_HW = (96, 160)
 CELLS = 12 * 20 + 6 * 10 + 3 * 5  # strides 8/16/32 at 96x160
-PRUNING_META = {"method": "l1", "ratio": 0.5, "params": 1, "macs": 1, "source_checkpoint": "runs/train/best.pt"}
+PRUNING_META = {"method": "l1", "ratio": 0.5, "params": 1, "macs": 1, "source_checkpoint": "runs/train/best.pt",
+                "source_sha256": "ab" * 32}  # as pruning/run.py writes it
 
 
 def _save_nano(path, meta=None):
+    """A random `nano` whose outputs vary with the input like a trained one's (a fresh one: near-constant scores)."""
     torch.manual_seed(0)
-    save_checkpoint(path, Detector(default_arch("nano", len(SYNTH_CLASSES))), list(SYNTH_CLASSES), INPUT_HW, meta)
+    model = Detector(default_arch("nano", len(SYNTH_CLASSES)))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.uniform_(0.5, 1.0)
+                module.bias.normal_(0.0, 0.2)
+        for head in model.heads():
+            head.cls_pred.weight.mul_(20.0)
+            head.reg_pred.weight.mul_(5.0)
+    save_checkpoint(path, model, list(SYNTH_CLASSES), INPUT_HW, meta)
     return path
 
 
@@ -80,9 +88,20 @@ def test_metadata_contract(exported, checkpoint_path):
     assert pruning["macs"] == report.macs > 0
     assert pruning["source_checkpoint"] == {"path": str(checkpoint_path),
                                             "sha256": hashlib.sha256(checkpoint_path.read_bytes()).hexdigest()}
-    assert [(i.name, _shape(i)) for i in model.graph.input] == [("images", [1, 3, *INPUT_HW])]
-    assert [o.name for o in model.graph.output] == ["boxes", "scores"]
+    assert [(i.name, _shape(i)) for i in [*model.graph.input, *model.graph.output]] == [
+        ("images", [1, 3, *INPUT_HW]), ("boxes", [1, CELLS, 4]), ("scores", [1, CELLS, len(SYNTH_CLASSES)])]
     assert report.size_bytes == report.path.stat().st_size
+
+
+def test_runtime_engine_reads_the_export(exported):
+    """The contract seen from the vehicle side: the ONNX Runtime engine parses our metadata."""
+    from prune_perception.runtime.engine import DetectorEngine
+
+    report, _ = exported
+    info = DetectorEngine(report.path, warmup_runs=0).info
+    assert (info.output_format, info.format_source) == ("native", "metadata")
+    assert info.classes == SYNTH_CLASSES and info.model_hash == report.model_hash
+    assert info.pruning["macs"] == report.macs and info.batch_size == 1
 
 
 def test_hash_stable_across_exports(exported, checkpoint_path, tmp_path):
@@ -96,7 +115,8 @@ def test_pruning_record_of_a_pruned_checkpoint(tmp_path):
     pruning = json.loads(md.read_metadata(onnx.load(report.path))["pruning"])
     assert pruning["method"] == "l1" and pruning["ratio"] == 0.5
     assert (pruning["params"], pruning["macs"]) == (report.params, report.macs)  # measured, not copied
-    assert pruning["pruned_from"] == "runs/train/best.pt"
+    assert pruning["pruned_from"] == {"path": "runs/train/best.pt", "sha256": "ab" * 32}
+    assert "source_sha256" not in pruning
     assert pruning["source_checkpoint"]["path"] == str(checkpoint)
 
 
@@ -116,7 +136,8 @@ def test_onnx_runtime_matches_torch(exported, checkpoint_path):
 def test_dynamic_batch(checkpoint_path, tmp_path):
     report = export_onnx(checkpoint_path, tmp_path / "dynamic.onnx", dynamic_batch=True)
     session = ort.InferenceSession(report.path)
-    assert session.get_inputs()[0].shape == ["batch", 3, *INPUT_HW]
+    assert [(i.name, i.shape) for i in session.get_inputs() + session.get_outputs()] == [
+        ("images", ["batch", 3, *INPUT_HW]), ("boxes", ["batch", CELLS, 4]), ("scores", ["batch", CELLS, len(SYNTH_CLASSES)])]
     for batch in (1, 3):
         images = np.random.default_rng(batch).random((batch, 3, *INPUT_HW), dtype=np.float32)
         boxes, scores = session.run(["boxes", "scores"], {"images": images})
@@ -146,18 +167,6 @@ def test_parity_failure_writes_nothing(checkpoint_path, tmp_path, monkeypatch):
 def test_unsupported_opset(checkpoint_path, tmp_path):
     with pytest.raises(ExportError, match="opset 9 not supported"):
         export_onnx(checkpoint_path, tmp_path / "model.onnx", opset=9)
-
-
-def test_onnx_eval_matches_torch_predictions(exported, checkpoint_path, tiny_synth):
-    dataset = load_dataset(tiny_synth, "val", list(SYNTH_CLASSES))
-    images = LetterboxedImages(dataset, INPUT_HW)
-    onnx_dets = predict_onnx(ort.InferenceSession(exported[0].path), images)
-    torch_dets = predict_images(load_checkpoint(checkpoint_path).model, images)
-    assert len(onnx_dets) == len(torch_dets) == len(dataset)
-    for ours, reference in zip(onnx_dets, torch_dets):
-        np.testing.assert_array_equal(ours.labels, reference.labels)
-        np.testing.assert_allclose(ours.boxes, reference.boxes, atol=0.05)
-        np.testing.assert_allclose(ours.scores, reference.scores, atol=SCORE_TOLERANCE)
 
 
 def _upstream_until_conv(model, node):
@@ -209,11 +218,20 @@ def test_metadata_module_is_torch_free():
 
 def test_cli_export(checkpoint_path, tmp_path, capsys):
     output = tmp_path / "cli.onnx"
-    assert cli_main(["-q", "export", str(checkpoint_path), "-o", str(output), "--dynamic-batch"]) == 0
+    assert cli_main(["-q", "export", str(checkpoint_path), "-o", str(output), "--dynamic-batch", "--no-slim"]) == 0
     printed = capsys.readouterr().out
     assert "parity (torch vs ONNX Runtime): max |boxes diff|" in printed
     assert f"wrote {output}" in printed and "batch dynamic" in printed and "GMACs" in printed
     assert output.is_file()
+
+
+def test_cli_int8_with_evaluation(checkpoint_path, tiny_synth, tmp_path, capsys):
+    output = tmp_path / "cli.onnx"
+    assert cli_main(["-q", "export", str(checkpoint_path), "-o", str(output), "--int8", "--calib-data",
+                     str(tiny_synth), "--calib-images", "4", "--eval-data", str(tiny_synth)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'cli.int8.onnx'}" in printed and "4 calibration images" in printed
+    assert "float: mAP50 " in printed and "int8: mAP50 " in printed
 
 
 def test_cli_corrupt_checkpoint(tmp_path):

@@ -12,7 +12,8 @@ from prune_perception.models.checkpoint import load_checkpoint, save_checkpoint
 from prune_perception.models.detector import Detector
 from prune_perception.pruning.importance import IMPORTANCE_CRITERIA, make_importance
 from prune_perception.pruning.run import run_pruning
-from prune_perception.pruning.structured import PruneSpec, StructuredPruner, model_cost
+from prune_perception.models.cost import model_cost
+from prune_perception.pruning.structured import PruneSpec, StructuredPruner
 
 INPUT_HW = (96, 160)
 

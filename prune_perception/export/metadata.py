@@ -11,8 +11,9 @@ values are JSON. Keys written by the exporter:
 - ``letterbox``: JSON ``{"pad_value": 114, "centered": true}``
 - ``output_layout``: JSON describing the native outputs ``boxes`` / ``scores``
 - ``model_hash``: see :func:`model_hash`
-- ``pruning``: JSON; the checkpoint's pruning record (or ``{"method": "none"}``) plus ``params``,
-  ``macs`` of the exported network and ``source_checkpoint`` ``{"path", "sha256"}``
+- ``pruning``: JSON; the checkpoint's pruning record (or ``{"method": "none"}``) with ``params`` and
+  ``macs`` measured on the exported network (batch 1), ``source_checkpoint`` ``{"path", "sha256"}``
+  of the exported checkpoint and, for pruned models, ``pruned_from`` ``{"path", "sha256"}``
 - ``created``: ISO-8601 UTC time of the export
 - ``quantization`` (INT8 models only): JSON ``{"type", "calibration_images", "excluded_nodes"}``
 """

@@ -7,7 +7,6 @@ INT8 copy (`quantize.py`) written next to it.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,7 +19,6 @@ import onnx
 import onnxruntime as ort
 import onnxslim
 import torch
-import torch_pruning
 from torch import nn
 
 from prune_perception.data.synth import render_scene
@@ -29,14 +27,16 @@ from prune_perception.export.metadata import (KEY_MODEL_HASH, KEY_QUANTIZATION, 
                                               build_metadata, model_hash, set_metadata)
 from prune_perception.export.quantize import Int8Calibration, load_calibration_images, quantize_int8
 from prune_perception.models.checkpoint import Checkpoint, load_checkpoint
+from prune_perception.models.cost import model_cost
 from prune_perception.models.detector import Detector
 from prune_perception.runtime.letterbox import letterbox
+from prune_perception.runtime.model_metadata import file_sha256
 
 BOX_TOLERANCE_PX = 1e-2
-"""Max |torch - ORT| of box coordinates, input pixels. Float32 exports differ by ~1e-4 px on 400 px
-inputs (reordered sums); 1e-2 px is far below anything visible yet catches any real graph change."""
+"""Max |torch - ORT| of box coordinates, input pixels. Faithful float32 exports differ by <= 5e-5 px
+at 224x384 (summation order); 1e-2 px is invisible, yet a changed weight or op shows far above it."""
 SCORE_TOLERANCE = 1e-4
-"""Max |torch - ORT| of sigmoid scores. Float32 exports differ by ~1e-6."""
+"""Max |torch - ORT| of sigmoid scores. Faithful float32 exports differ by <= 5e-7."""
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores")
 BATCH_DIM = "batch"
@@ -127,7 +127,8 @@ def export_onnx(checkpoint_path: str | Path, output_path: str | Path, dynamic_ba
         raise ExportError(f"parity check failed (torch vs ONNX Runtime): {parity.summary()}; "
                           f"nothing written to {output_path}")
 
-    macs, params = count_macs_and_params(checkpoint.model, checkpoint.input_hw)
+    cost = model_cost(checkpoint.model, checkpoint.input_hw)
+    macs, params = cost.macs, cost.params
     metadata = build_metadata(checkpoint.classes, checkpoint.input_hw,
                               pruning_record(checkpoint, checkpoint_path, params, macs), model_hash(model))
     set_metadata(model, metadata)
@@ -154,7 +155,11 @@ def export_onnx(checkpoint_path: str | Path, output_path: str | Path, dynamic_ba
 
 def trace_to_onnx(wrapper: ExportableDetector, input_hw: tuple[int, int], dynamic_batch: bool,
                   opset: int) -> onnx.ModelProto:
-    """Legacy TorchScript-based export (the dynamo exporter needs onnxscript); input `images`, outputs boxes/scores."""
+    """Legacy TorchScript-based export (the dynamo exporter needs onnxscript); input `images`, outputs boxes/scores.
+
+    Output shapes are declared in full ([batch|1, K, 4] and [batch|1, K, C]); the tracer leaves
+    the scores' K and C symbolic when the batch is dynamic.
+    """
     example = torch.zeros(1, 3, *input_hw)
     dynamic_axes = {name: {0: BATCH_DIM} for name in (INPUT_NAME, *OUTPUT_NAMES)} if dynamic_batch else None
     buffer = io.BytesIO()
@@ -165,7 +170,13 @@ def trace_to_onnx(wrapper: ExportableDetector, input_hw: tuple[int, int], dynami
                               opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False)
     except Exception as exc:  # the exporter raises many types (ValueError, RuntimeError, OnnxExporterError)
         raise ExportError(f"torch.onnx.export failed at opset {opset}: {str(exc).splitlines()[0]}") from None
-    return onnx.load_from_string(buffer.getvalue())
+    model = onnx.load_from_string(buffer.getvalue())
+    with torch.no_grad():
+        example_outputs = wrapper(example)
+    for output, tensor in zip(model.graph.output, example_outputs):
+        for dim, size in zip(output.type.tensor_type.shape.dim[1:], tensor.shape[1:]):
+            dim.dim_value = size
+    return model
 
 
 def slim_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -209,32 +220,18 @@ def check_parity(wrapper: ExportableDetector, model: onnx.ModelProto, inputs: li
     return ParityResult(boxes_diff, scores_diff, box_tolerance_px, score_tolerance)
 
 
-def count_macs_and_params(detector: Detector, input_hw: tuple[int, int]) -> tuple[int, int]:
-    """(MACs, parameters) of one forward at batch 1 (torch-pruning's counter)."""
-    macs, params = torch_pruning.utils.count_ops_and_params(detector, torch.zeros(1, 3, *input_hw))
-    return int(macs), int(params)
-
-
 def pruning_record(checkpoint: Checkpoint, checkpoint_path: Path, params: int, macs: int) -> dict:
     """The `pruning` metadata: the checkpoint's record (or {"method": "none"}) + measured params/MACs + source.
 
-    `source_checkpoint` is the exported file {path, sha256}; a pruner's own `source_checkpoint`
-    (the dense model it started from) is kept as `pruned_from`.
+    `source_checkpoint` is the exported file {path, sha256}; the pruner's `source_checkpoint` and
+    `source_sha256` (the dense model it started from) become `pruned_from` {path, sha256}.
     """
     record = dict(checkpoint.meta.get("pruning") or {"method": "none"})
     if "source_checkpoint" in record:
-        record["pruned_from"] = record.pop("source_checkpoint")
+        record["pruned_from"] = {"path": record.pop("source_checkpoint"), "sha256": record.pop("source_sha256", None)}
     record.update(params=params, macs=macs,
                   source_checkpoint={"path": str(checkpoint_path), "sha256": file_sha256(checkpoint_path)})
     return record
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def int8_output_path(output_path: Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -18,8 +17,10 @@ from prune_perception.data.torch_dataset import TorchDetectionDataset, collate_d
 from prune_perception.evaluation.coco_map import MapResult
 from prune_perception.models.checkpoint import load_checkpoint, save_checkpoint
 from prune_perception.models.inference import LetterboxedImages
+from prune_perception.runtime.model_metadata import file_sha256
 from prune_perception.pruning.importance import accumulate_gradients, make_importance
-from prune_perception.pruning.structured import PruneSpec, StructuredPruner, model_cost
+from prune_perception.models.cost import model_cost
+from prune_perception.pruning.structured import PruneSpec, StructuredPruner
 from prune_perception.training.loss import DetectionLoss
 from prune_perception.training.trainer import Trainer, evaluate_model
 
@@ -37,14 +38,6 @@ class PruneStep:
     mAP50: float              # after fine-tuning (= pruned values when not fine-tuned)
     mAP50_95: float
     seconds: float
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def run_pruning(config: PruneConfig, progress: bool = True) -> tuple[Path, list[PruneStep]]:

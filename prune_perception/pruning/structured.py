@@ -39,21 +39,6 @@ class PruneSpec:
                 raise ConfigError(f"layer ratio for {name} must be in [0, 1), got {ratio}")
 
 
-@dataclass(frozen=True)
-class ModelCost:
-    params: int
-    macs: int
-
-
-def model_cost(model: torch.nn.Module, input_hw: tuple[int, int]) -> ModelCost:
-    """Parameters and multiply-accumulates of one forward pass at batch 1."""
-    was_training = model.training
-    model.eval()
-    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, *input_hw))
-    model.train(was_training)
-    return ModelCost(int(params), int(macs))
-
-
 class StructuredPruner:
     """Wraps torch-pruning's MetaPruner for one Detector; call step() `spec.iterative_steps` times."""
 
