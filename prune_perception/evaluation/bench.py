@@ -52,6 +52,7 @@ class ModelBench:
     quantization: dict | None
     pruning: dict | None
     stages: dict[str, LatencyStats] = field(default_factory=dict)
+    inference_ms: list[float] = field(default_factory=list, repr=False)   # raw samples, for the plot
 
     @property
     def throughput_fps(self) -> float:
@@ -132,6 +133,7 @@ def run_bench(model_paths: list[Path], images: list[bytes], settings: BenchSetti
             timings["total"].append(times.total_ms)
     for engine, result in zip(engines, results):
         result.stages = {stage: LatencyStats.of(values) for stage, values in samples[id(engine)].items()}
+        result.inference_ms = samples[id(engine)]["inference"]
     return results, machine_info(settings)
 
 
@@ -173,12 +175,9 @@ def bench_plot(results: list[ModelBench], samples_path: Path) -> Path:
     ax_stages.set(ylabel="ms (p50 per stage)", title="Latency per stage")
     ax_stages.legend()
     ax_stages.tick_params(axis="x", rotation=20)
-    x = np.arange(len(results))
-    for key, marker in (("p50", "o"), ("p90", "s"), ("p99", "^")):
-        ax_dist.plot(x, [getattr(r.stages["inference"], key) for r in results], marker=marker, label=key)
-    ax_dist.set_xticks(x, names, rotation=20)
-    ax_dist.set(ylabel="ms", title="Inference latency percentiles")
-    ax_dist.legend()
+    ax_dist.boxplot([r.inference_ms for r in results], whis=(1, 99), showfliers=False)
+    ax_dist.set_xticks(np.arange(1, len(results) + 1), names, rotation=20)
+    ax_dist.set(ylabel="ms", title="Inference latency (box: p25-p75, whiskers: p1-p99)")
     fig.tight_layout()
     fig.savefig(samples_path, dpi=100)
     plt.close(fig)
