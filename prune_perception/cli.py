@@ -49,17 +49,50 @@ def _cmd_prune(args: argparse.Namespace) -> None:
 
     overrides = list(args.set)
     for key, value in (("checkpoint", args.checkpoint), ("prune.method", args.method), ("prune.ratio", args.ratio),
+                       ("prune.granularity", args.granularity),
                        ("prune.iterative_steps", args.steps), ("finetune.epochs", args.finetune_epochs),
                        ("output", args.output)):
         if value is not None:
             overrides.append(f"{key}={value}")
     if args.global_pruning:
         overrides.append("prune.global_pruning=true")
-    path, history = run_pruning(load_config(PruneConfig, args.config, overrides), progress=not args.quiet)
+    if args.budget is not None:
+        overrides.append(f"prune.budget={args.budget}")
+    config = load_config(PruneConfig, args.config, overrides)
+    if config.prune.budget is not None:
+        _prune_to_budget(config, args.quiet)
+        return
+    path, history = run_pruning(config, progress=not args.quiet)
     dense, final = history[0], history[-1]
     print(f"pruned checkpoint: {path}")
     print(f"params {dense.params:,} -> {final.params:,}, MACs {dense.macs / 1e6:.1f}M -> {final.macs / 1e6:.1f}M "
           f"({1 - final.macs / dense.macs:.1%} cut), val mAP50 {dense.mAP50:.3f} -> {final.mAP50:.3f}")
+
+
+def _prune_to_budget(config, quiet: bool) -> None:
+    from prune_perception.pruning.budget import run_budget_pruning
+
+    path, candidates, ratio = run_budget_pruning(config, progress=not quiet)
+    if ratio is None:
+        print(f"no ratio kept val mAP50 within {config.prune.budget:g} points: dense model written unchanged to {path}")
+        return
+    chosen = next(c for c in candidates if c.ratio == ratio)
+    print(f"pruned checkpoint: {path} (ratio {ratio:g}, largest within {config.prune.budget:g} mAP50 points; "
+          f"{len(candidates)} candidates): params {chosen.params:,}, MACs {chosen.macs / 1e6:.1f}M, val mAP50 "
+          f"{chosen.mAP50:.3f}")
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> None:
+    from prune_perception.pruning.sensitivity import run_sensitivity
+
+    output = Path(args.output)
+    dense, points = run_sensitivity(Path(args.checkpoint), args.data, output, args.ratios, args.method, args.layers,
+                                    args.split, args.val_images, progress=not args.quiet)
+    worst = min(points, key=lambda p: p.mAP50)
+    print(f"dense val mAP50 {dense.mAP50:.3f}; {len(points)} evaluations; most sensitive: {worst.group} at "
+          f"{worst.ratio:g} -> {worst.mAP50:.3f}")
+    for name in ("sensitivity.json", "sensitivity.md", "sensitivity.png"):
+        print(f"wrote {output / name}")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -99,6 +132,15 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     results, machine = run_bench([Path(m) for m in args.models], images, settings, progress=not args.quiet)
     print(bench_markdown(results, machine, settings))
     for path in write_bench(results, machine, settings, Path(args.output)):
+        print(f"wrote {path}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from prune_perception.evaluation.html_report import write_pruning_report
+
+    paths = write_pruning_report([Path(run) for run in args.runs], Path(args.output),
+                                 Path(args.sensitivity) if args.sensitivity else None)
+    for path in paths:
         print(f"wrote {path}")
 
 
@@ -146,12 +188,27 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--checkpoint", help="dense checkpoint to prune")
     prune.add_argument("--method", help="importance: l1, l2, taylor, bn_scale, random")
     prune.add_argument("--ratio", type=float, help="fraction of channels to remove")
+    prune.add_argument("--granularity", choices=["channel", "weight", "kernel"],
+                       help="channel: structured (default); weight / kernel: unstructured masks (baseline, no speed-up)")
     prune.add_argument("--global", dest="global_pruning", action="store_true",
                        help="one importance ranking across layers (default: same ratio per layer)")
     prune.add_argument("--steps", type=int, help="iterative steps (fine-tuning after each)")
     prune.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per step (0: none)")
+    prune.add_argument("--budget", type=float, metavar="POINTS",
+                       help="accuracy budget: largest ratio whose fine-tuned mAP50 drop is <= POINTS (prune.budget_*)")
     prune.add_argument("-o", "--output", help="output directory")
     prune.set_defaults(func=_cmd_prune)
+
+    sensitivity = sub.add_parser("sensitivity", help="prune each layer group alone at several ratios; mAP50 table/plot")
+    sensitivity.add_argument("--checkpoint", required=True, help="dense checkpoint (.pt)")
+    sensitivity.add_argument("--data", required=True, help="COCO json, COCO root or YOLO root")
+    sensitivity.add_argument("--split", default="val")
+    sensitivity.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    sensitivity.add_argument("--method", default="l1", help="importance: l1, l2, bn_scale, random")
+    sensitivity.add_argument("--layers", nargs="+", help="arch-spec layer names (default: every prunable group)")
+    sensitivity.add_argument("--val-images", type=int, help="evaluate on the first N val images only (faster)")
+    sensitivity.add_argument("-o", "--output", default="runs/sensitivity")
+    sensitivity.set_defaults(func=_cmd_sensitivity)
 
     export = sub.add_parser("export", help="export a checkpoint to ONNX (metadata, parity check, optional INT8)")
     export.add_argument("checkpoint", help="checkpoint (.pt)")
@@ -179,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--split", default="val")
     bench.add_argument("--images", type=int, default=16, help="distinct images cycled through")
     bench.set_defaults(func=_cmd_bench)
+
+    report = sub.add_parser("report", help="Markdown + self-contained HTML report comparing pruning runs")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="prune output folders (history.json, pruned.pt)")
+    report.add_argument("--sensitivity", metavar="DIR", help="sensitivity output folder (sensitivity.json)")
+    report.add_argument("-o", "--output", default="runs/report")
+    report.set_defaults(func=_cmd_report)
 
     demo = sub.add_parser("demo", help="the whole pipeline on synthetic data; reuses finished stages")
     demo.add_argument("-o", "--output", default="runs/demo")

@@ -7,6 +7,7 @@ and, later, the ROS node.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import yaml
 from prune_perception.errors import ConfigError
 
 T = TypeVar("T")
+SCIENTIFIC_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")   # YAML 1.1 reads 1e-4 as a string
 
 
 @dataclass
@@ -69,11 +71,20 @@ class OptimConfig:
 
 
 @dataclass
+class SparsitySettings:
+    """Sparsity regularisation added to the training loss (see training/regularization.py)."""
+
+    type: str = "none"                 # none | l1 | l2 | group_lasso | bn_l1
+    weight: float = 1e-4               # multiplies the summed penalty
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    sparsity: SparsitySettings = field(default_factory=SparsitySettings)
     output: str = "runs/train"
 
 
@@ -81,7 +92,8 @@ class TrainConfig:
 class PruneSettings:
     """How to prune (see prune_perception/pruning/)."""
 
-    method: str = "l1"                 # l1 | l2 | taylor | bn_scale | random
+    method: str = "l1"                 # l1 | l2 | taylor | bn_scale | random; fixed_l1 (weight granularity only)
+    granularity: str = "channel"       # channel (structured) | weight | kernel (unstructured masks, no speed-up)
     ratio: float = 0.5                 # fraction of channels removed
     global_pruning: bool = False       # one ranking across layers instead of the same ratio per layer
     max_layer_ratio: float = 0.9
@@ -89,6 +101,20 @@ class PruneSettings:
     iterative_steps: int = 1           # reach `ratio` in N steps, fine-tuning after each
     round_to: int | None = None        # channel counts kept multiples of this
     taylor_batches: int = 8            # batches of detection-loss gradients for `taylor`
+    budget: float | None = None        # accuracy budget (mAP50 points): largest ratio whose drop stays within it
+    budget_search: str = "steps"       # steps: try budget_ratios in order | bisect: between 0 and `ratio`
+    budget_ratios: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    budget_tolerance: float = 0.05     # bisect stops when the ratio interval is this narrow
+
+
+@dataclass
+class DistillSettings:
+    """Knowledge distillation from the dense checkpoint while fine-tuning (see training/distillation.py)."""
+
+    enabled: bool = False
+    mode: str = "logit"                # logit | feature | both
+    weight: float = 1.0
+    temperature: float = 1.0
 
 
 def _finetune_defaults() -> OptimConfig:
@@ -102,6 +128,7 @@ class PruneConfig:
     prune: PruneSettings = field(default_factory=PruneSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     finetune: OptimConfig = field(default_factory=_finetune_defaults)   # epochs 0 = no fine-tuning
+    distill: DistillSettings = field(default_factory=DistillSettings)
     output: str = "runs/prune"
 
 
@@ -135,6 +162,8 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
         (item_type,) = typing.get_args(annotation)
         return [_check_value(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str) and SCIENTIFIC_FLOAT.fullmatch(value):
         return float(value)
     if annotation in (int, float, str, bool):
         if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):

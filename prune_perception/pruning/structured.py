@@ -39,6 +39,25 @@ class PruneSpec:
                 raise ConfigError(f"layer ratio for {name} must be in [0, 1), got {ratio}")
 
 
+def coupled_layer_groups(graph: tp.DependencyGraph, model: Detector) -> list[tuple[str, ...]]:
+    """Arch-spec layers whose output channels are pruned together, one tuple per dependency group."""
+    names = {layer.conv: name for name, layer in spec_layers(model).items()}
+    build_order = list(names.values())
+    groups = []
+    for group in graph.get_all_groups(ignored_layers=model.prunable_output_layers(), root_module_types=[torch.nn.Conv2d]):
+        members = {names[dep.target.module] for dep, _ in group
+                   if dep.target.module in names and graph.is_out_channel_pruning_fn(dep.handler)}
+        if members:
+            groups.append(tuple(sorted(members, key=build_order.index)))
+    return sorted(groups, key=lambda members: build_order.index(members[0]))
+
+
+def prunable_groups(model: Detector, input_hw: tuple[int, int]) -> list[tuple[str, ...]]:
+    """The coupled layer groups of `model` (build order), e.g. ("stage1.down", "stage1.block0.cv2")."""
+    graph = tp.DependencyGraph().build_dependency(model, torch.zeros(1, 3, *input_hw))
+    return coupled_layer_groups(graph, model)
+
+
 class StructuredPruner:
     """Wraps torch-pruning's MetaPruner for one Detector; call step() `spec.iterative_steps` times."""
 
@@ -55,7 +74,26 @@ class StructuredPruner:
             pruning_ratio=spec.ratio, max_pruning_ratio=spec.max_layer_ratio, iterative_steps=spec.iterative_steps,
             pruning_ratio_dict={convs[name]: r for name, r in (spec.layer_ratios or {}).items()} or None,
             ignored_layers=model.prunable_output_layers(), round_to=spec.round_to)
+        self.groups = coupled_layer_groups(self.pruner.DG, model)
+        self._check_no_layer_emptied()
         self.steps_done = 0
+
+    def _check_no_layer_emptied(self) -> None:
+        """ConfigError naming the layer(s) when the final ratio would leave a group with no channels."""
+        overrides = self.spec.layer_ratios or {}
+        for group in self.groups:
+            override = next((overrides[name] for name in group if name in overrides), None)
+            if override is None and self.spec.global_pruning:
+                continue  # the global ranking decides the share; torch-pruning caps it at max_layer_ratio
+            ratio = min(self.spec.ratio if override is None else override, self.spec.max_layer_ratio)
+            channels = spec_layers(self.model)[group[0]].conv.out_channels
+            kept = int(channels * (1 - ratio))
+            if self.spec.round_to:
+                kept -= kept % self.spec.round_to
+            if ratio > 0 and kept < 1:
+                raise ConfigError(f"pruning {'+'.join(group)} ({channels} channels) at ratio {ratio:g}"
+                                  f"{f' with round_to {self.spec.round_to}' if self.spec.round_to else ''} "
+                                  f"would remove every channel; lower its ratio or max_layer_ratio")
 
     def step(self) -> dict[str, int]:
         """Remove the next share of channels; returns the new widths (also written into model.arch)."""

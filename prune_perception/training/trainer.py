@@ -24,8 +24,10 @@ from prune_perception.models.arch import default_arch
 from prune_perception.models.checkpoint import load_checkpoint, save_checkpoint
 from prune_perception.models.detector import Detector
 from prune_perception.models.inference import LetterboxedImages, predict_images
+from prune_perception.training.distillation import Distiller
 from prune_perception.training.ema import ModelEMA
 from prune_perception.training.loss import DetectionLoss
+from prune_perception.training.regularization import SparsityRegularizer
 
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "plateau")
@@ -41,6 +43,8 @@ class EpochRecord:
     mAP50: float | None
     mAP50_95: float | None
     seconds: float
+    loss_sparsity: float = 0.0     # weighted sparsity penalty (part of `loss`)
+    loss_distill: float = 0.0      # weighted distillation loss (part of `loss`)
 
 
 @dataclass
@@ -90,9 +94,13 @@ def evaluate_model(model: Detector, images: LetterboxedImages, dataset: Detectio
 
 
 class Trainer:
-    """Train (or fine-tune, when `model` is given) a detector as described by a TrainConfig."""
+    """Train (or fine-tune, when `model` is given) a detector as described by a TrainConfig.
 
-    def __init__(self, config: TrainConfig, model: Detector | None = None, progress: bool = True):
+    `distiller` (built for `model`) adds knowledge distillation from its frozen teacher.
+    """
+
+    def __init__(self, config: TrainConfig, model: Detector | None = None, progress: bool = True,
+                 distiller: Distiller | None = None):
         validate_train_config(config)
         self.config = config
         self.progress = progress
@@ -105,6 +113,10 @@ class Trainer:
             raise ConfigError(f"model has {self.model.num_classes} classes, dataset {len(self.classes)}")
         torch.manual_seed(config.optim.seed)
         self.loss_fn = DetectionLoss(self.model.strides)
+        self.sparsity = SparsityRegularizer(self.model, config.sparsity)
+        if distiller is not None and distiller.student is not self.model:
+            raise ValueError("the distiller was built for another student model")
+        self.distiller = distiller
         self.train_data = TorchDetectionDataset(self.train_set, self.input_hw, augment_config(config), config.optim.seed)
         self.val_images = LetterboxedImages(self.val_set, self.input_hw)
         self.loader = DataLoader(self.train_data, batch_size=config.optim.batch_size, shuffle=True,
@@ -120,9 +132,13 @@ class Trainer:
         self.best_epoch = -1
         self.evals_without_gain = 0
 
+    def _trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The model's parameters plus the distiller's feature adapters."""
+        return [*self.model.parameters(), *(self.distiller.parameters() if self.distiller else ())]
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        decay = [p for p in self.model.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+        decay = [p for p in self._trainable_parameters() if p.ndim > 1]
+        no_decay = [p for p in self._trainable_parameters() if p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": self.config.optim.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         o = self.config.optim
@@ -176,28 +192,34 @@ class Trainer:
         return True
 
     # -- loop --------------------------------------------------------------------------------
-    def train_epoch(self, epoch: int) -> tuple[float, float, float]:
+    def train_epoch(self, epoch: int) -> tuple[float, float, float, float, float]:
+        """Mean (loss, loss_cls, loss_box, loss_sparsity, loss_distill) over the epoch's steps."""
         self.model.train()
         self.train_data.set_epoch(epoch)
         steps = len(self.loader)
-        totals = np.zeros(3)
+        totals = np.zeros(5)
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.config.optim.epochs}", unit="batch",
                    disable=not self.progress, leave=False)
         for i, (images, targets, _) in enumerate(bar):
             lr = self.lr_at(epoch * steps + i, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            cls_logits, distances = self.model(images)
+            if self.distiller:
+                (cls_logits, distances), loss_distill = self.distiller.student_forward(images)
+            else:
+                (cls_logits, distances), loss_distill = self.model(images), torch.zeros(())
             loss, parts = self.loss_fn(cls_logits, distances, targets, self.input_hw)
+            loss_sparsity = self.sparsity.penalty()
+            loss = loss + loss_sparsity + loss_distill
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1} step {i}; lower optim.lr")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+            torch.nn.utils.clip_grad_norm_(self._trainable_parameters(), 10.0)
             self.optimizer.step()
             if self.ema:
                 self.ema.update(self.model)
-            totals += (float(loss.detach()), parts["cls"], parts["box"])
+            totals += (float(loss.detach()), parts["cls"], parts["box"], float(loss_sparsity.detach()), float(loss_distill.detach()))
             bar.set_postfix(loss=f"{totals[0] / (i + 1):.3f}", lr=f"{lr:.2e}")
         return tuple(totals / max(steps, 1))
 
@@ -210,14 +232,14 @@ class Trainer:
         stopped_early = False
         for epoch in range(self.start_epoch, o.epochs):
             epoch_start = time.monotonic()
-            loss, loss_cls, loss_box = self.train_epoch(epoch)
+            loss, loss_cls, loss_box, loss_sparsity, loss_distill = self.train_epoch(epoch)
             result = None
             if (epoch + 1) % o.eval_interval == 0 or epoch + 1 == o.epochs:
                 result = evaluate_model(self.eval_model, self.val_images, self.val_set)
                 self._after_eval(epoch, result)
             record = EpochRecord(epoch + 1, self.optimizer.param_groups[0]["lr"], loss, loss_cls, loss_box,
                                  result.map50 if result else None, result.map50_95 if result else None,
-                                 round(time.monotonic() - epoch_start, 2))
+                                 round(time.monotonic() - epoch_start, 2), loss_sparsity, loss_distill)
             self.history.append(record)
             self.save_last(epoch)
             self.write_history()

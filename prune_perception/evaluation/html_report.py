@@ -1,0 +1,190 @@
+"""Pruning report across runs: a Markdown file with PNG plots, and one self-contained HTML file.
+
+The HTML carries its CSS inline and its plots as base64 PNG data URIs, so it can be mailed or
+archived alone (no CDN, no side files). Inputs are `prune` output folders (history.json and
+pruned.pt) and optionally a `sensitivity` output (sensitivity.json).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from prune_perception.errors import ConfigError
+from prune_perception.models.arch import default_arch
+from prune_perception.models.checkpoint import load_checkpoint
+from prune_perception.pruning.sensitivity import SensitivityPoint, sensitivity_plot
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+.note{color:#555;font-size:14px}"""
+
+
+@dataclass
+class PruningRun:
+    """What the report needs from one `prune` output folder."""
+
+    name: str
+    steps: list[dict]            # history.json rows, step 0 = the dense model
+    settings: dict               # the run's `prune:` config section
+    widths: dict[str, int]       # pruned widths per arch-spec layer
+    dense_widths: dict[str, int]
+
+    @property
+    def label(self) -> str:
+        scope = "global" if self.settings.get("global_pruning") else "local"
+        return f"{self.settings.get('method', '?')} {self.settings.get('granularity', 'channel')} {scope}"
+
+
+def load_run(folder: Path) -> PruningRun:
+    """Read history.json and pruned.pt of a `prune` output folder."""
+    history_path = folder / "history.json"
+    if not history_path.is_file():
+        raise ConfigError(f"{folder} is not a pruning run: no history.json")
+    history = json.loads(history_path.read_text())
+    arch = load_checkpoint(folder / "pruned.pt").model.arch
+    dense = default_arch(arch["size"], arch["num_classes"], arch["act"])["widths"]
+    return PruningRun(folder.name, history["steps"], history["config"]["prune"], arch["widths"], dense)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (MACs, mAP50) points no other point beats: none has fewer-or-equal MACs and a higher
+    mAP50, or fewer MACs and an equal one. Ordered by MACs."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_map = [], float("-inf")
+    for i in order:
+        if points[i][1] > best_map:
+            front.append(i)
+            best_map = points[i][1]
+    return front
+
+
+def load_sensitivity(path: Path) -> tuple[SensitivityPoint, list[SensitivityPoint]]:
+    """(dense, points) from sensitivity.json (or its folder); also accepts {"layers": {name: [rows]}}."""
+    path = path / "sensitivity.json" if path.is_dir() else path
+    if not path.is_file():
+        raise ConfigError(f"no sensitivity results at {path}")
+    data = json.loads(path.read_text())
+
+    def point(group: str, row: dict) -> SensitivityPoint:
+        return SensitivityPoint(group, float(row.get("ratio", 0.0)), int(row.get("params", 0)), int(row.get("macs", 0)),
+                                float(row["mAP50"]), float(row.get("mAP50_95", 0.0)), float(row.get("seconds", 0.0)))
+
+    rows = data.get("points") or [dict(row, group=name) for name, curve in data.get("layers", {}).items()
+                                  for row in curve]
+    return point("dense", data["dense"]), [point(row.get("group", row.get("layer", "?")), row) for row in rows]
+
+
+def summary_rows(runs: list[PruningRun]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary table: the dense model, then the final step of each run."""
+    header = ["run", "method", "ratio", "params", "MACs (M)", "MACs cut", "zero weights", "mAP50", "mAP50-95",
+              "Δ mAP50 vs dense"]
+    dense = runs[0].steps[0]
+    rows = [["dense", "-", "0", f"{dense['params']:,}", f"{dense['macs'] / 1e6:.1f}", "0.0%", "0.0%",
+             f"{dense['mAP50']:.3f}", f"{dense['mAP50_95']:.3f}", "+0.000"]]
+    for run in runs:
+        final, own_dense = run.steps[-1], run.steps[0]
+        rows.append([run.name, run.label, f"{run.settings.get('ratio', final['ratio']):g}", f"{final['params']:,}",
+                     f"{final['macs'] / 1e6:.1f}", f"{1 - final['macs'] / own_dense['macs']:.1%}",
+                     f"{final.get('sparsity', 0.0):.1%}", f"{final['mAP50']:.3f}", f"{final['mAP50_95']:.3f}",
+                     f"{final['mAP50'] - own_dense['mAP50']:+.3f}"])
+    return header, rows
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def pareto_plot(runs: list[PruningRun], path: Path) -> Path:
+    """Every step of every run as a point in (MACs, mAP50); the Pareto front as a line; dense starred."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 5))
+    points = []
+    for run in runs:
+        pruned = run.steps[1:]
+        axis.scatter([s["macs"] / 1e6 for s in pruned], [s["mAP50"] for s in pruned], label=run.name, alpha=0.8)
+        points += [(s["macs"], s["mAP50"]) for s in pruned]
+    dense = runs[0].steps[0]
+    points.append((dense["macs"], dense["mAP50"]))
+    front = [points[i] for i in pareto_front(points)]
+    axis.plot([m / 1e6 for m, _ in front], [a for _, a in front], color="black", linewidth=1, label="Pareto front")
+    axis.scatter([dense["macs"] / 1e6], [dense["mAP50"]], marker="*", s=250, color="gold", edgecolor="black",
+                 zorder=3, label="dense")
+    axis.set(xlabel="MACs (M)", ylabel="val mAP50", title="mAP50 vs MACs, all steps of all runs")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def widths_plot(runs: list[PruningRun], path: Path) -> Path:
+    """Per arch-spec layer: dense width as a grey bar, each run's kept channels beside it."""
+    plt = _pyplot()
+    layers = list(runs[0].dense_widths)
+    figure, axis = plt.subplots(figsize=(max(10, len(layers) * 0.45), 5))
+    bar = 0.8 / (len(runs) + 1)
+    positions = range(len(layers))
+    axis.bar(list(positions), [runs[0].dense_widths[n] for n in layers], bar, color="lightgrey", label="dense")
+    for k, run in enumerate(runs, start=1):
+        axis.bar([x + k * bar for x in positions], [run.widths.get(n, 0) for n in layers], bar, label=run.name)
+    axis.set_xticks([x + bar * len(runs) / 2 for x in positions], layers, rotation=90, fontsize=7)
+    axis.set(ylabel="output channels", title="Kept channels per layer")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def embedded_png(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def write_pruning_report(runs: list[Path], output: Path, sensitivity: Path | None = None) -> tuple[Path, Path]:
+    """Write report.md (+ its PNGs) and the self-contained report.html to `output`; returns both paths."""
+    if not runs:
+        raise ConfigError("the report needs at least one pruning run folder")
+    loaded = [load_run(Path(run)) for run in runs]
+    output.mkdir(parents=True, exist_ok=True)
+    header, rows = summary_rows(loaded)
+    figures = [("mAP50 vs MACs (Pareto front)", pareto_plot(loaded, output / "pareto.png"),
+                "Every step of every run; the line joins the points no other point beats (fewer MACs and "
+                "higher mAP50). Weight/kernel pruning keeps the dense MACs: zeros are still multiplied.")]
+    if sensitivity is not None:
+        dense, points = load_sensitivity(Path(sensitivity))
+        figures.append(("Sensitivity", sensitivity_plot(dense, points, output / "sensitivity.png"),
+                        "Each layer group pruned alone at several ratios, no fine-tuning."))
+    figures.append(("Kept channels per layer", widths_plot(loaded, output / "widths.png"),
+                    "Dense width against the width each run kept, per arch-spec layer."))
+    intro = "Final step of each run; MACs cut and Δ mAP50 against the run's own dense model."
+    markdown = ["# Pruning report", "", intro, "", markdown_table(header, rows), ""]
+    body = [f"<h1>Pruning report</h1><p class='note'>{html.escape(intro)}</p>", html_table(header, rows)]
+    for title, path, note in figures:
+        markdown += [f"## {title}", "", note, "", f"![{title}]({path.name})", ""]
+        body.append(f"<h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>{embedded_png(path, title)}")
+    md_path, html_path = output / "report.md", output / "report.html"
+    md_path.write_text("\n".join(markdown))
+    html_path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Pruning report</title>"
+                         f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    return md_path, html_path

@@ -1,0 +1,154 @@
+"""Accuracy-budget search ("joint pruning"): the largest ratio whose fine-tuned mAP50 drop stays within a budget.
+
+`search_budget` is the search alone, over any `evaluate_candidate(ratio) -> (mAP50, extra)`;
+`run_budget_pruning` drives it with the real thing: prune the dense model to the ratio, fine-tune, evaluate.
+Budgets are in mAP50 points (1.0 = one point = 0.01 of mAP50).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from prune_perception.config import PruneConfig, PruneSettings, to_dict
+from prune_perception.errors import ConfigError
+from prune_perception.models.detector import Detector
+from prune_perception.pruning.run import PruneStep, prune_model, prune_spec, save_pruned, start_run
+
+BUDGET_SEARCHES = ("steps", "bisect")
+
+
+@dataclass
+class BudgetTrial:
+    """One evaluated ratio of the search; `extra` is whatever evaluate_candidate returned with its mAP50."""
+
+    ratio: float
+    mAP50: float
+    drop_points: float        # (dense mAP50 - mAP50) x 100
+    within_budget: bool
+    extra: Any = None
+
+
+@dataclass
+class BudgetCandidate:
+    """One row of a budget run's history (a trial with its cost and time)."""
+
+    ratio: float
+    params: int
+    macs: int
+    mAP50: float
+    mAP50_95: float
+    seconds: float
+    within_budget: bool
+
+
+def validate_budget_settings(settings: PruneSettings) -> None:
+    if settings.budget is None or settings.budget < 0:
+        raise ConfigError(f"prune.budget must be >= 0 mAP50 points, got {settings.budget}")
+    if settings.budget_search not in BUDGET_SEARCHES:
+        raise ConfigError(f"prune.budget_search must be one of {', '.join(BUDGET_SEARCHES)}, "
+                          f"got {settings.budget_search!r}")
+    if settings.budget_search == "steps" and not settings.budget_ratios:
+        raise ConfigError("prune.budget_ratios is empty")
+    for ratio in settings.budget_ratios if settings.budget_search == "steps" else [settings.ratio]:
+        if not 0.0 <= ratio < 1.0:
+            raise ConfigError(f"budget search ratio must be in [0, 1), got {ratio}")
+    if not 0.0 < settings.budget_tolerance < 1.0:
+        raise ConfigError(f"prune.budget_tolerance must be in (0, 1), got {settings.budget_tolerance}")
+
+
+def search_budget(evaluate_candidate: Callable[[float], tuple[float, Any]], dense_map50: float, budget: float,
+                  search: str = "steps", ratios: Sequence[float] = (), max_ratio: float = 0.5,
+                  tolerance: float = 0.05) -> tuple[list[BudgetTrial], BudgetTrial | None]:
+    """Every trial in evaluation order, and the largest-ratio trial within `budget` (None when none is).
+
+    steps: evaluate `ratios` in ascending order, stop at the first one over budget.
+    bisect: evaluate `max_ratio`; if over budget, halve the interval [within, over] (starting at
+    [0, max_ratio]) until it is narrower than `tolerance`.
+    """
+    trials: list[BudgetTrial] = []
+
+    def trial(ratio: float) -> BudgetTrial:
+        map50, extra = evaluate_candidate(ratio)
+        drop = (dense_map50 - map50) * 100
+        trials.append(BudgetTrial(ratio, map50, drop, drop <= budget, extra))
+        return trials[-1]
+
+    if search == "steps":
+        for ratio in sorted(ratios):
+            if not trial(ratio).within_budget:
+                break
+    elif search == "bisect":
+        within, over = 0.0, max_ratio
+        if trial(max_ratio).within_budget:
+            within = over
+        while over - within > tolerance:
+            middle = round((within + over) / 2, 6)
+            if trial(middle).within_budget:
+                within = middle
+            else:
+                over = middle
+    else:
+        raise ConfigError(f"budget search must be one of {', '.join(BUDGET_SEARCHES)}, got {search!r}")
+    passed = [t for t in trials if t.within_budget]
+    return trials, max(passed, key=lambda t: t.ratio) if passed else None
+
+
+def run_budget_pruning(config: PruneConfig, progress: bool = True) -> tuple[Path, list[BudgetCandidate], float | None]:
+    """Search the ratio for `prune.budget`; writes pruned.pt (dense when no ratio fits), history.json, summary.md.
+
+    Returns the checkpoint path, every candidate, and the chosen ratio (None: the dense model was kept).
+    """
+    settings = config.prune
+    validate_budget_settings(settings)
+    baseline = start_run(config)
+    checkpoint, evaluate, output = baseline.checkpoint, baseline.evaluate, baseline.output
+    dense, input_hw = checkpoint.model, checkpoint.input_hw
+    dense_cost, dense_map = baseline.cost, baseline.map
+
+    def evaluate_candidate(ratio: float) -> tuple[float, tuple[Detector, PruneStep, float]]:
+        candidate_start = time.monotonic()
+        model = copy.deepcopy(dense)
+        final = prune_model(config, model, input_hw, checkpoint.classes, prune_spec(settings, ratio), evaluate,
+                            output / f"ratio_{ratio:.3f}", progress)[-1]
+        if progress:
+            print(f"ratio {ratio:.3f}: MACs {final.macs / 1e6:.1f}M mAP50 {final.mAP50:.3f} "
+                  f"({(final.mAP50 - dense_map.map50) * 100:+.2f} points)")
+        return final.mAP50, (model, final, round(time.monotonic() - candidate_start, 2))
+
+    trials, best = search_budget(evaluate_candidate, dense_map.map50, settings.budget, settings.budget_search,
+                                 settings.budget_ratios, settings.ratio, settings.budget_tolerance)
+    candidates = [BudgetCandidate(t.ratio, step.params, step.macs, t.mAP50, step.mAP50_95, seconds, t.within_budget)
+                  for t in trials for _, step, seconds in [t.extra]]
+    model = best.extra[0] if best else dense
+    pruned_path = save_pruned(config, baseline, model, best.mAP50 if best else dense_map.map50, {
+        "method": settings.method, "budget": settings.budget, "budget_search": settings.budget_search,
+        "ratio": best.ratio if best else 0.0, "within_budget": best is not None, "kept_dense": best is None})
+    (output / "history.json").write_text(json.dumps({
+        "config": to_dict(config), "dense": {"params": dense_cost.params, "macs": dense_cost.macs,
+                                             "mAP50": dense_map.map50, "mAP50_95": dense_map.map50_95},
+        "candidates": [asdict(c) for c in candidates], "chosen_ratio": best.ratio if best else None,
+        "seconds": round(time.monotonic() - baseline.started, 1)}, indent=2))
+    (output / "summary.md").write_text(budget_markdown(candidates, dense_map.map50, dense_cost.macs, settings,
+                                                       best.ratio if best else None))
+    return pruned_path, candidates, best.ratio if best else None
+
+
+def budget_markdown(candidates: list[BudgetCandidate], dense_map50: float, dense_macs: int, settings: PruneSettings,
+                    chosen_ratio: float | None) -> str:
+    outcome = (f"Chosen ratio: **{chosen_ratio:g}**" if chosen_ratio is not None else
+               "**No ratio met the budget: the dense model was kept unchanged.**")
+    lines = [f"# Accuracy-budget pruning ({settings.method}, {settings.budget_search})", "",
+             f"Budget: {settings.budget:g} mAP50 points; dense mAP50 {dense_map50:.3f}. {outcome}", "",
+             "| ratio | params | MACs (M) | MACs cut | mAP50 | mAP50-95 | Δ mAP50 (points) | within budget | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in candidates:
+        lines.append(f"| {c.ratio:.3f} | {c.params:,} | {c.macs / 1e6:.1f} | {1 - c.macs / dense_macs:.1%} | "
+                     f"{c.mAP50:.3f} | {c.mAP50_95:.3f} | {(c.mAP50 - dense_map50) * 100:+.2f} | "
+                     f"{'yes' if c.within_budget else 'no'} | {c.seconds:.1f} |")
+    return "\n".join(lines) + "\n"
