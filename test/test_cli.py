@@ -102,3 +102,26 @@ def test_eval_writes_json_and_markdown(tiny_synth, checkpoint, tmp_path):
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert {"mAP50", "mAP50_95", "per_class"} <= set(report)
     assert "| car |" in (tmp_path / "eval" / "eval.md").read_text()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--ratio", "1.2"], "ratio must be in [0, 1)"),
+    (["--ratio", "-0.1"], "ratio must be in [0, 1)"),
+    (["--method", "magic"], "unknown importance criterion 'magic'"),
+])
+def test_prune_rejects_bad_settings(checkpoint, tiny_synth, tmp_path, args, fragment):
+    result = run_cli("prune", "--checkpoint", checkpoint, "--set", f"data.val={tiny_synth}",
+                     "--set", f"data.train={tiny_synth}", "--finetune-epochs", "0", "-o", tmp_path / "p", *args)
+    assert_clean_failure(result, fragment)
+
+
+def test_prune_rejects_a_checkpoint_of_another_model_family(tiny_synth, tmp_path):
+    import torch
+
+    from prune_perception.models.checkpoint import CHECKPOINT_FORMAT
+
+    foreign = tmp_path / "yolo.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "arch": {"family": "yolov5", "version": 7}, "state_dict": {},
+                "classes": ["car"], "input_size": [96, 160], "meta": {}}, foreign)
+    result = run_cli("prune", "--checkpoint", foreign, "--set", f"data.val={tiny_synth}", "-o", tmp_path / "p")
+    assert_clean_failure(result, "yolo.pt", "family='yolov5'")
