@@ -11,7 +11,7 @@ from prune_perception.data.dataset import DetectionDataset, load_dataset, read_i
 from prune_perception.evaluation.coco_map import MapResult, evaluate_detections
 from prune_perception.evaluation.report import map_markdown
 from prune_perception.models.inference import (EVAL_MAX_DETECTIONS, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD,
-                                               LetterboxedImages, predict_images)
+                                               LetterboxedImages, evaluate_model)
 from prune_perception.runtime.postprocess import Detections
 
 
@@ -41,7 +41,7 @@ def evaluate_checkpoint(model_path: Path, data: str, split: str = "val", batch_s
     checkpoint = load_checkpoint(model_path)
     dataset = load_dataset(data, split, checkpoint.classes)
     images = LetterboxedImages(dataset, checkpoint.input_hw)
-    result = evaluate_detections(dataset, predict_images(checkpoint.model, images, batch_size, progress=progress))
+    result = evaluate_model(checkpoint.model, images, dataset, batch_size, progress)
     return result, {"input_hw": list(checkpoint.input_hw), "providers": ["torch"]}
 
 

@@ -7,6 +7,7 @@ import torch
 from tqdm import tqdm
 
 from prune_perception.data.dataset import DetectionDataset, read_image_rgb
+from prune_perception.evaluation.coco_map import MapResult, evaluate_detections
 from prune_perception.models.detector import Detector
 from prune_perception.runtime.letterbox import LetterboxTransform, letterbox
 from prune_perception.runtime.postprocess import Detections, select_detections
@@ -53,3 +54,9 @@ def predict_images(model: Detector, images: LetterboxedImages, batch_size: int =
             results.append(Detections(original.astype(np.float32), dets.scores, dets.labels))
     model.train(was_training)
     return results
+
+
+def evaluate_model(model: Detector, images: LetterboxedImages, dataset: DetectionDataset,
+                   batch_size: int = 16, progress: bool = False) -> MapResult:
+    """COCO mAP of a torch model on a dataset whose images are already letterboxed."""
+    return evaluate_detections(dataset, predict_images(model, images, batch_size, progress=progress))

@@ -18,7 +18,7 @@ from prune_perception.data.torch_dataset import TorchDetectionDataset, collate_d
 from prune_perception.evaluation.coco_map import MapResult
 from prune_perception.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from prune_perception.models.detector import Detector
-from prune_perception.models.inference import LetterboxedImages
+from prune_perception.models.inference import LetterboxedImages, evaluate_model
 from prune_perception.runtime.model_metadata import file_sha256
 from prune_perception.pruning.importance import accumulate_gradients, make_importance
 from prune_perception.models.cost import ModelCost, model_cost
@@ -27,7 +27,7 @@ from prune_perception.pruning.unstructured import (UnstructuredPruner, WeightMas
                                                    weight_sparsity)
 from prune_perception.training.distillation import Distiller, validate_distill_settings
 from prune_perception.training.loss import DetectionLoss
-from prune_perception.training.trainer import Trainer, evaluate_model
+from prune_perception.training.trainer import Trainer
 
 
 @dataclass

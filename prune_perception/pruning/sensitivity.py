@@ -22,10 +22,9 @@ from prune_perception.errors import ConfigError
 from prune_perception.models.checkpoint import load_checkpoint
 from prune_perception.models.cost import model_cost
 from prune_perception.models.detector import Detector
-from prune_perception.models.inference import LetterboxedImages
+from prune_perception.models.inference import LetterboxedImages, evaluate_model
 from prune_perception.pruning.importance import IMPORTANCE_CRITERIA, make_importance
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner, prunable_groups
-from prune_perception.training.trainer import evaluate_model
 
 SENSITIVITY_METHODS = tuple(m for m in IMPORTANCE_CRITERIA if m != "taylor")  # taylor needs loss gradients
 

@@ -19,11 +19,11 @@ from prune_perception.data.augment import AugmentConfig
 from prune_perception.data.dataset import DetectionDataset, load_dataset
 from prune_perception.data.torch_dataset import TorchDetectionDataset, collate_detections
 from prune_perception.errors import ConfigError, DatasetError
-from prune_perception.evaluation.coco_map import MapResult, evaluate_detections
+from prune_perception.evaluation.coco_map import MapResult
 from prune_perception.models.arch import default_arch
 from prune_perception.models.checkpoint import load_checkpoint, save_checkpoint
 from prune_perception.models.detector import Detector
-from prune_perception.models.inference import LetterboxedImages, predict_images
+from prune_perception.models.inference import LetterboxedImages, evaluate_model
 from prune_perception.training.distillation import Distiller
 from prune_perception.training.ema import ModelEMA
 from prune_perception.training.loss import DetectionLoss
@@ -86,11 +86,6 @@ def load_datasets(config: TrainConfig) -> tuple[DetectionDataset, DetectionDatas
     if not any(len(s.labels) for s in train.samples):
         raise DatasetError(f"training set {train.source} has no annotated objects")
     return train, val
-
-
-def evaluate_model(model: Detector, images: LetterboxedImages, dataset: DetectionDataset,
-                   batch_size: int = 16, progress: bool = False) -> MapResult:
-    return evaluate_detections(dataset, predict_images(model, images, batch_size, progress=progress))
 
 
 class Trainer:
