@@ -35,12 +35,19 @@ setup(
     name=PACKAGE,
     version=_text("version"),
     packages=find_packages(where=HERE, exclude=["test", "test.*"]),
+    # vision_msgs definitions: bags/ registers them with rosbags (also the source of tools/vision_msgs).
+    package_data={PACKAGE + ".bags": ["vision_msgs_msg/*.msg"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
         ("share/" + PACKAGE + "/launch", _files("launch/*.launch.py") + _files("launch/*.launch.xml")
          + _files("launch/*.launch.yaml")),
         ("share/" + PACKAGE + "/config", _files("config/*")),
+        # `ros2 run` / launch_ros Node(package, executable) look in <prefix>/lib/<package>/. Under
+        # colcon, setup.cfg's install_scripts puts the console scripts there; `pip install .` puts
+        # them in <prefix>/bin. These sh wrappers (named like the ROS executables, so never like a
+        # console script) exec whichever exists. pip and colcon keep their exec bit.
+        ("lib/" + PACKAGE, _files("scripts/ros_exec/*")),
     ],
     install_requires=[],  # see module docstring and README "Setup"
     zip_safe=False,
@@ -52,6 +59,8 @@ setup(
     entry_points={
         "console_scripts": [
             "prune-perception = prune_perception.cli:main",
+            "prune-perception-detector-node = prune_perception.ros.detector_node:main",
+            "prune-perception-camera-publisher = prune_perception.ros.camera_publisher:main",
         ],
     },
 )

@@ -145,9 +145,99 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from prune_perception.demo import run_demo
+    from prune_perception.demo import run_demo_from_args
 
-    run_demo(Path(args.output), num_images=args.num_images, epochs=args.epochs, progress=not args.quiet)
+    run_demo_from_args(args)
+
+
+def _cmd_node(args: argparse.Namespace) -> None:
+    from prune_perception.ros.runner import RunnerConfig, run
+
+    overrides = _node_overrides(args.param)
+    if args.model:
+        overrides["model_path"] = str(Path(args.model).resolve())
+    camera_params = {"fps": args.camera_fps, "count": args.camera_count}
+    if args.camera_size:
+        camera_params["width"], camera_params["height"] = args.camera_size
+    config = RunnerConfig(params_file=args.config, overrides=overrides,
+                          cameras=[c for c in (args.cameras or "").split(",") if c.strip()],
+                          image_topic=args.image_topic, camera_source=args.camera, camera_params=camera_params,
+                          fastdds_profile=None if args.no_fastdds_profile else (args.fastdds_profile or ""),
+                          duration=args.duration)
+    for index, counts in enumerate(run(config)):
+        print(f"detector {index}: " + ", ".join(f"{key} {value}" for key, value in counts.items()))
+
+
+def _cmd_bag(args: argparse.Namespace) -> None:
+    if args.bag_command == "from-dataset":
+        from prune_perception.bags.writer import write_dataset_bag
+
+        summary = write_dataset_bag(args.dataset, args.split, Path(args.output), fps=args.fps,
+                                    transport=args.transport, storage=args.storage, encoding=args.encoding,
+                                    progress=not args.quiet)
+        print(summary)
+    elif args.bag_command == "info":
+        from prune_perception.bags.info import bag_info
+
+        info = bag_info(args.bag)
+        print(json.dumps(info.as_dict(), indent=2) if args.json else info.to_text())
+    else:
+        from prune_perception.bags.to_dataset import bag_to_dataset
+
+        print(bag_to_dataset(args.bag, Path(args.output), split=args.split, image_topic=args.image_topic,
+                             require_ground_truth=not args.allow_missing_gt, progress=not args.quiet))
+
+
+def _node_overrides(texts: list[str]) -> dict:
+    from prune_perception.config import parse_override
+
+    return {".".join(key): value for key, value in map(parse_override, texts)}
+
+
+def _evaluate_on_bag(bag: str, model: str, args: argparse.Namespace):
+    """One model on one bag: replay through the node, or --offline through the engine."""
+    params = {"providers": args.providers, **_node_overrides(args.param)}
+    if args.offline:
+        from prune_perception.evaluation.bag_eval import evaluate_bag_offline
+
+        engine_options = {k: v for k, v in params.items() if k in (
+            "providers", "score_threshold", "nms_threshold", "max_detections", "model_format", "intra_op_threads")}
+        return evaluate_bag_offline(bag, model, args.image_topic, engine_options, progress=not args.quiet)
+    from prune_perception.ros.replay import ReplaySettings, replay_bag
+
+    record = Path(args.record) if getattr(args, "record", None) else None
+    settings = ReplaySettings(rate=None if args.max_rate else args.rate, clock=args.clock, record=record,
+                              image_topic=args.image_topic, params=params, progress=not args.quiet)
+    return replay_bag(bag, model, settings)
+
+
+def _cmd_replay(args: argparse.Namespace) -> None:
+    from prune_perception.evaluation.bag_eval import evaluation_markdown, write_evaluation
+
+    result = _evaluate_on_bag(args.bag, args.model, args)
+    print(evaluation_markdown(result))
+    for path in write_evaluation(result, Path(args.output), "offline" if args.offline else "replay"):
+        print(f"wrote {path}")
+    if args.record and not args.offline:
+        print(f"recorded outputs and /diagnostics to {args.record}")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from prune_perception.evaluation.compare_report import summary_table, write_compare_report
+    from prune_perception.evaluation.html_report import markdown_table
+
+    results = [_evaluate_on_bag(args.bag, model, args) for model in args.models]
+    print(markdown_table(*summary_table(results)))
+    for path in write_compare_report(results, Path(args.output)):
+        print(f"wrote {path}")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    return width, height
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,11 +333,78 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", default="runs/report")
     report.set_defaults(func=_cmd_report)
 
-    demo = sub.add_parser("demo", help="the whole pipeline on synthetic data; reuses finished stages")
-    demo.add_argument("-o", "--output", default="runs/demo")
-    demo.add_argument("-n", "--num-images", type=int, default=1000)
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: config/train_synth.yaml)")
+    demo = sub.add_parser("demo", help="the whole story on synthetic data: synth, train, prune to a budget, "
+                                       "export, bag, replay dense and pruned, compare; reuses finished stages")
+    from prune_perception.demo import add_demo_arguments  # light: the demo imports its stages lazily
+
+    add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    node = sub.add_parser("node", help="run detector node(s) in this process (pip installs; same nodes as the "
+                                       "launch files)")
+    node.add_argument("--config", metavar="PARAMS_YAML", help="ROS 2 params file, e.g. config/detector.yaml")
+    node.add_argument("--model", help="ONNX model (overrides model_path)")
+    node.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                      help="parameter override (YAML value), repeatable")
+    node.add_argument("--cameras", metavar="NAMES", help="comma-separated camera names: one detector per camera "
+                                                         "in namespace /NAME reading /NAME/image_raw")
+    node.add_argument("--image-topic", default="/image_raw", help="input topic of a single detector")
+    node.add_argument("--camera", metavar="SOURCE", help="also publish frames: 'synthetic', a video or a folder")
+    node.add_argument("--camera-fps", type=float, default=10.0)
+    node.add_argument("--camera-count", type=int, default=0, help="frames to publish (0: until stopped)")
+    node.add_argument("--camera-size", type=_size, metavar="WxH", help="synthetic frame size (default 640x480)")
+    node.add_argument("--fastdds-profile", metavar="XML", help="Fast DDS profile (default: the shipped "
+                      "shared-memory profile, unless FASTDDS_DEFAULT_PROFILES_FILE is set)")
+    node.add_argument("--no-fastdds-profile", action="store_true", help="leave the DDS configuration alone")
+    node.add_argument("--duration", type=float, help="stop after this many seconds")
+    node.set_defaults(func=_cmd_node)
+
+    bag = sub.add_parser("bag", help="evaluation bags: from a dataset, info, back to a dataset")
+    bag_sub = bag.add_subparsers(dest="bag_command", required=True)
+    from_dataset = bag_sub.add_parser("from-dataset", help="images + ground truth of a dataset split into a bag")
+    from_dataset.add_argument("dataset", help="COCO json, COCO root or YOLO root")
+    from_dataset.add_argument("-o", "--output", required=True, help="bag folder to create")
+    from_dataset.add_argument("--split", default="val")
+    from_dataset.add_argument("--fps", type=float, default=10.0)
+    from_dataset.add_argument("--transport", choices=("raw", "compressed"), default="raw")
+    from_dataset.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    from_dataset.add_argument("--encoding", default="rgb8", help="raw image encoding (rgb8, bgr8, mono8, ...)")
+    info = bag_sub.add_parser("info", help="topics, types, counts, duration, rates")
+    info.add_argument("bag")
+    info.add_argument("--json", action="store_true")
+    to_dataset = bag_sub.add_parser("to-dataset", help="images + COCO json out of an evaluation bag")
+    to_dataset.add_argument("bag")
+    to_dataset.add_argument("-o", "--output", required=True)
+    to_dataset.add_argument("--split", default="val")
+    to_dataset.add_argument("--image-topic")
+    to_dataset.add_argument("--allow-missing-gt", action="store_true", help="also export a bag without ground truth")
+    bag.set_defaults(func=_cmd_bag)
+
+    def bag_evaluation_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--rate", type=float, default=1.0, help="bag time scale (2 = twice as fast)")
+        command.add_argument("--max-rate", action="store_true",
+                             help="each frame waits for the previous output (deterministic, nothing dropped)")
+        command.add_argument("--clock", action="store_true", help="publish /clock; the node uses sim time")
+        command.add_argument("--offline", action="store_true", help="run the runtime engine over the bag, no ROS")
+        command.add_argument("--image-topic", help="image topic (default: the bag's only image topic)")
+        command.add_argument("--providers", nargs="+", default=["cpu"])
+        command.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                             help="detector parameter override (YAML value), repeatable")
+
+    replay = sub.add_parser("replay", help="play a bag through the detector node; mAP + latency")
+    replay.add_argument("bag")
+    replay.add_argument("--model", required=True)
+    bag_evaluation_options(replay)
+    replay.add_argument("--record", metavar="BAG", help="record outputs and /diagnostics into this new bag")
+    replay.add_argument("-o", "--output", default="runs/replay")
+    replay.set_defaults(func=_cmd_replay)
+
+    compare = sub.add_parser("compare", help="several models on one bag: one Markdown + HTML report")
+    compare.add_argument("bag")
+    compare.add_argument("--models", nargs="+", required=True)
+    bag_evaluation_options(compare)
+    compare.add_argument("-o", "--output", default="runs/compare")
+    compare.set_defaults(func=_cmd_compare)
     return parser
 
 

@@ -31,3 +31,7 @@ class ProviderError(PrunePerceptionError):
 
 class InputImageError(PrunePerceptionError):
     """An input image is empty, corrupt or of an unsupported shape/dtype."""
+
+
+class BagError(PrunePerceptionError):
+    """A rosbag2 bag is missing, truncated, unreadable, of an unsupported format, or lacks a needed topic."""

@@ -14,6 +14,7 @@ import pytest
 # --- environment (must run before anything imports rclpy) -----------------------------------
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 101 + 1))  # 1..101, per run
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "fastdds_shm_localhost.xml"))
 # ament_index (package share dirs, rmw/typesupport lookup) must see this venv's prefix.
 _ament = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
 if sys.prefix not in _ament:
@@ -49,3 +50,19 @@ def tiny_train_config(tiny_synth, tmp_path_factory):
         f"data.train={tiny_synth}", f"data.val={tiny_synth}", f"output={output}",
         "model.input_size=[128, 192]", "optim.epochs=4", "optim.batch_size=8", "optim.warmup_epochs=0.5",
         "optim.lr=0.004"])
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_model(tiny_train_config, tmp_path_factory):
+    """A really trained tiny detector (4 epochs on ``tiny_synth``), exported to ONNX (fixed batch 1)."""
+    import dataclasses
+
+    from prune_perception.export.onnx_export import export_onnx
+    from prune_perception.training.trainer import Trainer
+
+    root = tmp_path_factory.mktemp("tiny_onnx")
+    config = dataclasses.replace(tiny_train_config, output=str(root / "train"))
+    checkpoint = Trainer(config, progress=False).fit().best_checkpoint
+    path = root / "tiny.onnx"
+    export_onnx(checkpoint, path)
+    return path

@@ -15,6 +15,9 @@ PACKAGE = "prune_perception"
 EXEC_DEPENDS = {"rclpy", "sensor_msgs", "vision_msgs", "diagnostic_msgs", "std_msgs",
                 "geometry_msgs", "launch", "launch_ros"}
 COLCON_VENV = REPO / "build" / "colcon-venv"
+# ROS executable (lib/<pkg>/, what `ros2 run` and launch_ros start) -> the console script it runs.
+NODE_EXECUTABLES = {"detector_node": "prune-perception-detector-node",
+                    "camera_publisher": "prune-perception-camera-publisher"}
 
 
 def _installed_share():
@@ -53,6 +56,23 @@ def test_installed_package_has_share_files():
         src = {p.name for p in (REPO / sub).iterdir() if p.is_file()}
         inst = {p.name for p in (share / sub).iterdir() if p.is_file()}
         assert src <= inst, f"{sub}/ not installed: {sorted(src - inst)} (run `make env`)"
+
+
+def test_installed_node_executables():
+    """`pip install .` (make env): lib/<pkg>/<node> wrappers for launch_ros, console scripts in bin/."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+        prefix = Path(get_package_prefix(PACKAGE))
+    except Exception:
+        prefix = Path(sys.prefix)
+    for wrapper, script in NODE_EXECUTABLES.items():
+        exe = prefix / "lib" / PACKAGE / wrapper
+        assert exe.is_file() and os.access(exe, os.X_OK), f"{exe} missing or not executable: run `make env`"
+        console = prefix / "bin" / script
+        assert console.is_file() and os.access(console, os.X_OK), f"{console} missing: run `make env`"
+        # the wrapper is the installed copy of scripts/ros_exec/<name> (reinstall when it changed)
+        assert exe.read_text() == (REPO / "scripts" / "ros_exec" / wrapper).read_text(), \
+            f"{exe} is stale: FORCE_PKG=1 make env"
 
 
 def test_train_launch_file_builds_a_launch_description():
@@ -107,6 +127,17 @@ def test_colcon_build(tmp_path):
     # ament_python layout: the script is where `ros2 run` / launch_ros look for it.
     assert (prefix / "lib" / PACKAGE / "prune-perception").is_file()
     assert glob.glob(str(prefix / "lib" / "python3*" / "site-packages" / PACKAGE / "__init__.py"))
+    # Node executables: the sh wrappers (data_files) beside the console scripts (install_scripts),
+    # different names, all executable; plus the launch files and the Fast DDS profiles.
+    for name in (*NODE_EXECUTABLES, *NODE_EXECUTABLES.values()):
+        exe = prefix / "lib" / PACKAGE / name
+        assert exe.is_file() and os.access(exe, os.X_OK), f"{exe} missing or not executable"
+    for wrapper, script in NODE_EXECUTABLES.items():
+        assert script in (prefix / "lib" / PACKAGE / wrapper).read_text()
+    for name in ("detector.launch.py", "multi_camera.launch.py"):
+        assert (prefix / "share" / PACKAGE / "launch" / name).is_file()
+    for name in ("fastdds_shm_localhost.xml", "fastdds_shm.xml"):
+        assert (prefix / "share" / PACKAGE / "config" / name).is_file()
 
 
 def test_train_launch_file_runs_the_cli(tmp_path):

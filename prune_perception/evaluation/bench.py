@@ -20,7 +20,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from prune_perception.errors import ConfigError
-from prune_perception.evaluation.latency import LatencyStats
+from prune_perception.runtime.latency_stats import LatencyStats
 from prune_perception.evaluation.onnx_cost import onnx_graph_cost
 from prune_perception.runtime.engine import DetectorEngine
 

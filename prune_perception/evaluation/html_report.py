@@ -95,7 +95,8 @@ def summary_rows(runs: list[PruningRun]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot with the file-only Agg backend."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -104,7 +105,7 @@ def _pyplot():
 
 def pareto_plot(runs: list[PruningRun], path: Path) -> Path:
     """Every step of every run as a point in (MACs, mAP50); the Pareto front as a line; dense starred."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(8, 5))
     points = []
     for run in runs:
@@ -128,7 +129,7 @@ def pareto_plot(runs: list[PruningRun], path: Path) -> Path:
 
 def widths_plot(runs: list[PruningRun], path: Path) -> Path:
     """Per arch-spec layer: dense width as a grey bar, each run's kept channels beside it."""
-    plt = _pyplot()
+    plt = pyplot()
     layers = list(runs[0].dense_widths)
     figure, axis = plt.subplots(figsize=(max(10, len(layers) * 0.45), 5))
     bar = 0.8 / (len(runs) + 1)
@@ -178,13 +179,23 @@ def write_pruning_report(runs: list[Path], output: Path, sensitivity: Path | Non
     figures.append(("Kept channels per layer", widths_plot(loaded, output / "widths.png"),
                     "Dense width against the width each run kept, per arch-spec layer."))
     intro = "Final step of each run; MACs cut and Δ mAP50 against the run's own dense model."
-    markdown = ["# Pruning report", "", intro, "", markdown_table(header, rows), ""]
-    body = [f"<h1>Pruning report</h1><p class='note'>{html.escape(intro)}</p>", html_table(header, rows)]
-    for title, path, note in figures:
-        markdown += [f"## {title}", "", note, "", f"![{title}]({path.name})", ""]
-        body.append(f"<h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>{embedded_png(path, title)}")
-    md_path, html_path = output / "report.md", output / "report.html"
+    return write_report_pages(output, "report", "Pruning report", intro, [(header, rows)], figures)
+
+
+def write_report_pages(output: Path, stem: str, title: str, intro: str,
+                       tables: list[tuple[list[str], list[list[str]]]],
+                       figures: list[tuple[str, Path, str]]) -> tuple[Path, Path]:
+    """``<stem>.md`` (linking the figures' PNGs) and a self-contained ``<stem>.html`` (PNGs embedded)."""
+    markdown = [f"# {title}", "", intro, ""]
+    body = [f"<h1>{html.escape(title)}</h1><p class='note'>{html.escape(intro)}</p>"]
+    for header, rows in tables:
+        markdown += [markdown_table(header, rows), ""]
+        body.append(html_table(header, rows))
+    for name, path, note in figures:
+        markdown += [f"## {name}", "", note, "", f"![{name}]({path.name})", ""]
+        body.append(f"<h2>{html.escape(name)}</h2><p class='note'>{html.escape(note)}</p>{embedded_png(path, name)}")
+    md_path, html_path = output / f"{stem}.md", output / f"{stem}.html"
     md_path.write_text("\n".join(markdown))
-    html_path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Pruning report</title>"
+    html_path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                          f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
     return md_path, html_path

@@ -195,8 +195,9 @@ class DetectorEngine:
         times.postprocess_ms = (done - inferred) * 1e3
         return results, times
 
-    def detect_encoded(self, data: bytes) -> tuple[Detections, StageTimes]:
-        """Detections of one encoded image (JPEG, PNG, any format OpenCV reads); InputImageError if undecodable."""
+    def decode(self, data: bytes | memoryview) -> tuple[np.ndarray, str, float]:
+        """``(image, color_order, milliseconds)`` of one encoded image (JPEG, PNG, any format OpenCV reads),
+        decoded straight into the model's colour order; InputImageError if undecodable."""
         start = time.perf_counter()
         buffer = np.frombuffer(data, dtype=np.uint8)
         if buffer.size == 0:
@@ -205,7 +206,11 @@ class DetectorEngine:
         image = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB if model_rgb else cv2.IMREAD_COLOR_BGR)
         if image is None:
             raise InputImageError(f"cannot decode image ({buffer.size} bytes): corrupt or unsupported format")
-        decode_ms = (time.perf_counter() - start) * 1e3
-        detections, times = self.detect(image, "rgb" if model_rgb else "bgr")
+        return image, "rgb" if model_rgb else "bgr", (time.perf_counter() - start) * 1e3
+
+    def detect_encoded(self, data: bytes | memoryview) -> tuple[Detections, StageTimes]:
+        """Detections of one encoded image (JPEG, PNG, any format OpenCV reads); InputImageError if undecodable."""
+        image, color_order, decode_ms = self.decode(data)
+        detections, times = self.detect(image, color_order)
         times.decode_ms = decode_ms
         return detections, times

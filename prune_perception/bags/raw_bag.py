@@ -1,0 +1,220 @@
+"""Open a rosbag2 bag (mcap or sqlite3, metadata.yaml versions up to 9) and read raw messages per topic.
+
+The QoS trap (DESIGN §9): rosbags' ``Reader.messages()`` pairs metadata.yaml's topics with the
+storage's by topic, type *and* offered QoS; where the two QoS strings differ (older recorders,
+rewritten or reindexed bags) it silently yields nothing for that topic. Here messages are always
+read through the storage's own topic records, so the QoS in metadata.yaml cannot hide any; such
+topics are reported in :attr:`RawBag.qos_mismatch_topics`. Per-topic counts are checked three ways:
+declared (metadata.yaml) vs stored (storage index) on open — a difference is a warning — and
+stored vs actually read after each full pass — a difference is a :class:`BagError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+from rosbags.interfaces import Connection
+from rosbags.rosbag2 import Reader
+
+from prune_perception.errors import BagError
+
+log = logging.getLogger(__name__)
+
+METADATA = "metadata.yaml"
+STORAGE_SUFFIXES = (".mcap", ".db3")
+SUPPORTED_STORAGES = ("mcap", "sqlite3")
+MAX_VERSION = 9
+
+
+@dataclass(frozen=True)
+class TopicMeta:
+    """One topic of a bag: type, message counts (metadata.yaml and storage) and QoS agreement."""
+
+    name: str
+    msgtype: str
+    declared_count: int
+    """Messages metadata.yaml declares."""
+    stored_count: int
+    """Messages the storage file(s) hold: what is read."""
+    serialization_format: str
+    type_hash: str
+    """RIHS01 hash the bag records for the type ('' for older recorders)."""
+    qos_mismatch: bool = False
+    """metadata.yaml's offered QoS differ from the storage's (plain rosbags would read 0 messages)."""
+
+
+def _bag_dir(path: Path) -> Path:
+    """The bag folder of ``path`` (the folder, its metadata.yaml or one of its storage files)."""
+    if not path.exists():
+        raise BagError(f"{path}: bag not found")
+    if path.is_file() and (path.name == METADATA or path.suffix in STORAGE_SUFFIXES or path.suffix == ".zstd"):
+        path = path.parent
+    if not path.is_dir():
+        raise BagError(f"{path}: not a rosbag2 bag (expected a folder with metadata.yaml and .mcap/.db3 files)")
+    if not (path / METADATA).is_file():
+        storage = sorted(p.name for p in path.iterdir() if p.suffix in STORAGE_SUFFIXES)
+        hint = (f"it holds {', '.join(storage)}: if the recording was interrupted, recreate the metadata with "
+                f"`ros2 bag reindex {path}`" if storage else "it holds no .mcap or .db3 file either")
+        raise BagError(f"{path}: not a rosbag2 bag: {METADATA} is missing ({hint})")
+    return path
+
+
+def _read_metadata(bag: Path) -> dict[str, Any]:
+    """metadata.yaml's ``rosbag2_bagfile_information``, checked for what rosbags cannot read."""
+    try:
+        document = yaml.safe_load((bag / METADATA).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise BagError(f"{bag}: cannot read {METADATA} ({exc})") from None
+    info = document.get("rosbag2_bagfile_information") if isinstance(document, dict) else None
+    if not isinstance(info, dict):
+        raise BagError(f"{bag}: {METADATA} has no 'rosbag2_bagfile_information' mapping")
+    version = info.get("version")
+    if not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise BagError(f"{bag}: {METADATA} version {version!r} is not supported (1..{MAX_VERSION})")
+    storage = info.get("storage_identifier")
+    if storage not in SUPPORTED_STORAGES:
+        raise BagError(f"{bag}: storage {storage!r} is not supported (supported: {', '.join(SUPPORTED_STORAGES)})")
+    foreign = []
+    for entry in info.get("topics_with_message_count") or []:
+        topic = (entry or {}).get("topic_metadata") or {}
+        if topic.get("serialization_format", "cdr") != "cdr":
+            foreign.append(f"{topic.get('name')} ({topic.get('serialization_format')})")
+    if foreign:
+        raise BagError(f"{bag}: unsupported serialization format on {', '.join(foreign)}: only 'cdr' (ROS 2) bags "
+                       "can be read")
+    return info
+
+
+def _same_record(declared: Connection, stored: Connection) -> bool:
+    """rosbags' own pairing rule of a metadata topic with a storage topic (QoS included)."""
+    return (declared.topic == stored.topic and declared.msgtype == stored.msgtype and declared.ext == stored.ext
+            and (not declared.digest or not stored.digest or declared.digest == stored.digest))
+
+
+class RawBag:
+    """An open bag: topic table, counts, raw CDR messages. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = _bag_dir(Path(path))
+        info = _read_metadata(self.path)
+        self.version: int = info["version"]
+        self.storage: str = info["storage_identifier"]
+        self.ros_distro: str | None = info.get("ros_distro")
+        self.custom_data: dict[str, str] = dict(info.get("custom_data") or {})
+        self._reader = Reader(self.path)
+        try:
+            self._reader.open()
+        except Exception as exc:  # rosbags raises ReaderError, apsw and OS errors, KeyError...
+            raise BagError(f"{self.path}: cannot open the bag's storage ({type(exc).__name__}: {exc}); the "
+                           ".db3/.mcap file may be truncated or corrupt") from None
+        try:
+            self._stored: list[Connection] = [c for s in self._reader.storage.storages for c in s.connections]
+            self.topics: dict[str, TopicMeta] = self._topic_table()
+        except BaseException:
+            self._reader.close()
+            raise
+        self.notes: list[str] = self._check_counts()
+        self.message_count = sum(t.stored_count for t in self.topics.values())
+        self.start_ns = self._reader.start_time if self.message_count else 0
+        self.end_ns = self._reader.end_time - 1 if self.message_count else 0
+
+    # ------------------------------------------------------------------ topic table
+
+    def _topic_table(self) -> dict[str, TopicMeta]:
+        declared: dict[str, list[Connection]] = {}
+        for connection in self._reader.connections:
+            declared.setdefault(connection.topic, []).append(connection)
+        stored: dict[str, list[Connection]] = {}
+        for connection in self._stored:
+            stored.setdefault(connection.topic, []).append(connection)
+        topics = {}
+        for name in list(declared) + [n for n in stored if n not in declared]:
+            meta, store = declared.get(name, []), stored.get(name, [])
+            first = (store or meta)[0]
+            mismatch = bool(meta and store) and not all(any(_same_record(m, s) for s in store) for m in meta)
+            types = {c.msgtype for c in meta + store}
+            if len(types) > 1:
+                raise BagError(f"{self.path}: topic {name} has several message types {sorted(types)}")
+            topics[name] = TopicMeta(name=name, msgtype=first.msgtype, declared_count=sum(c.msgcount for c in meta),
+                                     stored_count=sum(c.msgcount for c in store),
+                                     serialization_format=first.ext.serialization_format,
+                                     type_hash=next((c.digest for c in store + meta if c.digest), ""),
+                                     qos_mismatch=mismatch)
+        return topics
+
+    def _check_counts(self) -> list[str]:
+        """Log (and return) what differs between metadata.yaml and the storage: nothing is dropped for it."""
+        notes = []
+        for topic in self.topics.values():
+            if topic.qos_mismatch:
+                notes.append(f"{self.path}: topic {topic.name}: the offered QoS in {METADATA} differ from the "
+                             "storage's; reading it by the storage's own topic records (all "
+                             f"{topic.stored_count} messages)")
+                log.info("%s", notes[-1])
+            if topic.declared_count != topic.stored_count:
+                notes.append(f"{self.path}: topic {topic.name}: {METADATA} declares {topic.declared_count} "
+                             f"messages, the storage holds {topic.stored_count}; reading what is stored")
+                log.warning("%s", notes[-1])
+        return notes
+
+    @property
+    def qos_mismatch_topics(self) -> list[str]:
+        """Topics whose metadata QoS differ from the storage's (read all the same)."""
+        return [t.name for t in self.topics.values() if t.qos_mismatch]
+
+    def topics_of_type(self, *msgtypes: str) -> list[str]:
+        """Names of the topics holding any of ``msgtypes``."""
+        return [t.name for t in self.topics.values() if t.msgtype in msgtypes]
+
+    def describe_topics(self) -> str:
+        """``name (type)`` of every topic, for error messages."""
+        return ", ".join(f"{t.name} ({t.msgtype})" for t in self.topics.values()) or "no topics"
+
+    # ------------------------------------------------------------------ messages
+
+    def messages(self, topics: Iterable[str]) -> Iterator[tuple[str, str, int, bytes]]:
+        """``(topic, msgtype, log_time_ns, cdr_bytes)`` of ``topics`` in log-time order (per storage file).
+
+        After a complete pass, each topic's count must equal the storage's: BagError otherwise.
+        """
+        wanted = set(topics)
+        unknown = sorted(wanted - set(self.topics))
+        if unknown:
+            raise BagError(f"{self.path}: no topic {', '.join(unknown)} (topics: {self.describe_topics()})")
+        connections = [c for c in self._stored if c.topic in wanted]
+        if not connections:
+            return
+        counts: Counter[str] = Counter()
+        try:
+            for connection, log_time, data in self._reader.messages(connections):
+                counts[connection.topic] += 1
+                yield connection.topic, connection.msgtype, log_time, data
+        except Exception as exc:  # storage errors: truncated chunks, malformed database pages, zstd...
+            read = ", ".join(f"{t}: {counts[t]}" for t in sorted(wanted))
+            raise BagError(f"{self.path}: reading messages failed after {read} messages ({type(exc).__name__}: "
+                           f"{exc}); the storage file may be truncated or corrupt") from None
+        for topic in sorted(wanted):
+            if counts[topic] != self.topics[topic].stored_count:
+                raise BagError(f"{self.path}: topic {topic}: read {counts[topic]} messages but the storage holds "
+                               f"{self.topics[topic].stored_count}")
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Close the storage files (idempotent)."""
+        if self._reader.is_open:
+            self._reader.close()
+
+    def __enter__(self) -> RawBag:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,51 @@
+"""Start-up of the node executables: argument checks rcl would only report with a traceback, then rclpy.init."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import rclpy
+import yaml
+
+
+def params_files(args: Sequence[str]) -> list[str]:
+    """Values of ``--params-file`` inside ``--ros-args ... [--]`` sections."""
+    files, in_ros_args = [], False
+    for index, arg in enumerate(args):
+        if arg == "--ros-args":
+            in_ros_args = True
+        elif arg == "--":
+            in_ros_args = False
+        elif in_ros_args and arg == "--params-file" and index + 1 < len(args):
+            files.append(args[index + 1])
+    return files
+
+
+def params_file_problem(path: str) -> str | None:
+    """Why rcl would fail on this params file (missing, unreadable, not YAML), or None."""
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        return f"params file {path}: {exc.strerror or exc}"
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        return f"params file {path}: not valid YAML ({str(exc).splitlines()[0]})"
+    return None
+
+
+def init_rclpy(program: str, args: Sequence[str] | None) -> bool:
+    """rclpy.init(args) after checking the params files; False (one line on stderr) when it cannot start."""
+    argv = list(sys.argv if args is None else args)
+    for path in params_files(argv):
+        problem = params_file_problem(path)
+        if problem:
+            print(f"{program}: error: {problem}", file=sys.stderr)
+            return False
+    try:
+        rclpy.init(args=argv)
+    except Exception as exc:  # rcl argument errors: already logged by rcl, say what failed in one line
+        print(f"{program}: error: cannot start ROS 2 with these arguments ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        return False
+    return True
