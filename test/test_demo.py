@@ -1,0 +1,97 @@
+"""`prune-perception demo`: the whole story (synth -> train -> prune -> export -> bag -> replay -> compare)."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from prune_perception.cli import build_parser
+from prune_perception.demo import _marker_matches, _write_marker, summary_lines
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["-n", "40", "--image-size", "320x192", "--input-size", "192x128", "--epochs", "1",
+        "--finetune-epochs", "1", "--ratios", "0.3", "0.5"]
+
+
+def _demo(output: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "prune_perception.cli", "-q", "demo", "-o", str(output), *args],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result, time.monotonic() - started
+
+
+def test_summary_lines_format():
+    lines = summary_lines((0.848, 0.835), (524_000_000, 251_000_000), (13.0, 6.1))
+    assert lines == ["mAP50   dense 0.848  pruned 0.835  (-1.3 points)",
+                     "MACs    dense 524 M  pruned 251 M  (-52 %)",
+                     "latency dense 13.0 ms  pruned 6.1 ms p50 (2.1x)"]
+
+
+def test_demo_options_and_defaults():
+    args = build_parser().parse_args(["demo"])
+    assert (args.output, args.num_images, args.epochs, args.finetune_epochs, args.budget, args.ratios, args.rate) == (
+        "runs/demo", 1000, None, 4, 3.0, [0.3, 0.4, 0.5], 1.0)
+    args = build_parser().parse_args(["demo", "--image-size", "320x192", "--input-size", "192x128"])
+    assert (args.image_size, args.input_size) == ((320, 192), (192, 128))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--input-size", "big"])
+
+
+def test_stage_marker_needs_same_key_and_outputs(tmp_path):
+    marker, output = tmp_path / "done.json", tmp_path / "out.bin"
+    key = {"config": {"a": 1}, "source_sha256": "abc"}
+    assert not _marker_matches(marker, key)
+    _write_marker(marker, key, extra=3)
+    assert _marker_matches(marker, key)
+    assert not _marker_matches(marker, {**key, "source_sha256": "def"})
+    assert not _marker_matches(marker, key, [output])
+    output.write_bytes(b"x")
+    assert _marker_matches(marker, key, [output])
+    marker.write_text("{broken")
+    assert not _marker_matches(marker, key)
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_then_reuses_them(tmp_path):
+    out = tmp_path / "demo"
+    first, first_s = _demo(out, *TINY)
+    for stage in range(1, 8):
+        assert f"== {stage}/7 " in first.stdout
+    expected = [out / "train" / "best.pt", out / "prune" / "pruned.pt", out / "prune" / "history.json",
+                out / "export" / "dense.onnx", out / "export" / "pruned.onnx", out / "bag" / "val",
+                out / "replay" / "dense.json", out / "replay" / "pruned.json",
+                out / "compare" / "compare.md", out / "compare" / "compare.json"]
+    for path in expected:
+        assert path.exists(), path
+    html = (out / "compare" / "compare.html").read_text()
+    assert "dense.onnx" in html and "pruned.onnx" in html
+
+    summary = json.loads((out / "summary.json").read_text())
+    lines = summary["summary"]
+    assert [line.split()[0] for line in lines] == ["mAP50", "MACs", "latency"]
+    assert summary["report"] == str(out / "compare" / "compare.html")
+    assert summary["pruned"]["macs"] < summary["dense"]["macs"]      # 2 candidates within budget at mAP ~0
+    assert summary["replay"]["dense"]["frames"] == 8 and summary["offline"]["pruned"]["frames"] == 8
+    # the output ends with the report's path and the three lines
+    tail = first.stdout.strip().splitlines()[-4:]
+    assert tail == [f"report: {out / 'compare' / 'compare.html'}", *lines]
+
+    second, second_s = _demo(out, *TINY)
+    print(f"first run {first_s:.1f} s, second run {second_s:.1f} s")
+    for what in ("best.pt (training", "pruned.pt (pruning", "dense.onnx (exported", "pruned.onnx (exported",
+                 "val (written"):
+        assert f"reusing {out}" in second.stdout and what in second.stdout, what
+    timings = json.loads((out / "summary.json").read_text())["stage_seconds"]
+    assert all(timings[stage] < 1.0 for stage in ("synth", "train", "prune", "export", "bag")), timings
+    assert second_s < first_s, (first_s, second_s)
+
+    # another fine-tuning setting redoes pruning (and the export of the pruned model), not training
+    third, _ = _demo(out, *TINY[:-5], "--finetune-epochs", "0", "--ratios", "0.3")
+    assert "reusing" in third.stdout and "best.pt (training" in third.stdout
+    assert "pruned.pt (pruning" not in third.stdout and "pruned.onnx (exported" not in third.stdout
+    assert "dense.onnx (exported" in third.stdout
+    assert json.loads((out / "summary.json").read_text())["pruned"]["ratio"] == 0.3
