@@ -24,12 +24,21 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from prune_perception.config import TrainConfig, load_config
     from prune_perception.training.trainer import Trainer
 
+    from prune_perception.training import distributed
+
     config = load_config(TrainConfig, args.config, args.set)
     if args.output:
         config.output = args.output
-    result = Trainer(config, progress=not args.quiet).fit(resume=args.resume)
-    print(f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}) "
-          f"val mAP50 {result.best_map.map50:.3f} mAP50-95 {result.best_map.map50_95:.3f}")
+    ctx = distributed.init_distributed()   # under torchrun: DDP over every rank (docs/scale-out.md)
+    completed = False
+    try:
+        result = Trainer(config, progress=not args.quiet).fit(resume=args.resume)
+        completed = True
+    finally:
+        distributed.shutdown_distributed(synchronize=completed)
+    if ctx.is_main:
+        print(f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}) "
+              f"val mAP50 {result.best_map.map50:.3f} mAP50-95 {result.best_map.map50_95:.3f}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -45,12 +54,13 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 def _cmd_prune(args: argparse.Namespace) -> None:
     from prune_perception.config import PruneConfig, load_config
-    from prune_perception.pruning.run import run_pruning
 
     overrides = list(args.set)
     for key, value in (("checkpoint", args.checkpoint), ("prune.method", args.method), ("prune.ratio", args.ratio),
                        ("prune.granularity", args.granularity),
                        ("prune.iterative_steps", args.steps), ("finetune.epochs", args.finetune_epochs),
+                       ("prune.schedule", args.schedule), ("prune.latency_ms", args.latency_ms),
+                       ("prune.latency_device", args.device), ("prune.latency_threads", args.threads),
                        ("output", args.output)):
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -58,9 +68,41 @@ def _cmd_prune(args: argparse.Namespace) -> None:
         overrides.append("prune.global_pruning=true")
     if args.budget is not None:
         overrides.append(f"prune.budget={args.budget}")
+    if args.schedule == "oneshot" and (args.steps or 1) > 1:
+        from prune_perception.errors import ConfigError
+
+        raise ConfigError(f"--schedule oneshot contradicts --steps {args.steps}: use --schedule iterative")
     config = load_config(PruneConfig, args.config, overrides)
+    fan_out = _fan_out_settings(args)
+    if fan_out is not None:
+        from prune_perception.errors import ConfigError
+        from prune_perception.training.distributed import env_context
+
+        if config.prune.budget is None or config.prune.latency_ms is not None:
+            raise ConfigError("--scheduler / --workers fan out the candidates of an accuracy-budget search: they "
+                              "need --budget (and no --latency-ms)")
+        if config.prune.budget_search != "steps":
+            raise ConfigError(f"only the steps budget search fans out its candidates (bisect is sequential): "
+                              f"prune.budget_search is {config.prune.budget_search!r}")
+        if env_context().is_distributed:
+            raise ConfigError("--scheduler / --workers (Dask) and torchrun do not combine: use one of them")
+    from prune_perception.pruning.ddp_finetune import run_on_ranks
+
+    # under torchrun rank 0 prunes and writes; every rank fine-tunes (docs/scale-out.md)
+    run_on_ranks(config, lambda: _run_prune(config, args, fan_out))
+
+
+def _run_prune(config, args: argparse.Namespace, fan_out) -> None:
+    from prune_perception.pruning.run import run_pruning
+
+    if config.prune.latency_ms is not None:
+        from prune_perception.pruning.latency_budget import run_latency_pruning
+
+        outcome = run_latency_pruning(config, progress=not args.quiet)
+        print("\n".join(outcome.summary_lines()))
+        return
     if config.prune.budget is not None:
-        _prune_to_budget(config, args.quiet)
+        _prune_to_budget(config, args.quiet, fan_out)
         return
     path, history = run_pruning(config, progress=not args.quiet)
     dense, final = history[0], history[-1]
@@ -69,10 +111,15 @@ def _cmd_prune(args: argparse.Namespace) -> None:
           f"({1 - final.macs / dense.macs:.1%} cut), val mAP50 {dense.mAP50:.3f} -> {final.mAP50:.3f}")
 
 
-def _prune_to_budget(config, quiet: bool) -> None:
+def _prune_to_budget(config, quiet: bool, fan_out=None) -> None:
     from prune_perception.pruning.budget import run_budget_pruning
 
-    path, candidates, ratio = run_budget_pruning(config, progress=not quiet)
+    candidates_on = None
+    if fan_out is not None:
+        from prune_perception.scaleout.budget import DaskBudgetCandidates
+
+        candidates_on = DaskBudgetCandidates(fan_out)
+    path, candidates, ratio = run_budget_pruning(config, progress=not quiet, fan_out=candidates_on)
     if ratio is None:
         print(f"no ratio kept val mAP50 within {config.prune.budget:g} points: dense model written unchanged to {path}")
         return
@@ -86,13 +133,53 @@ def _cmd_sensitivity(args: argparse.Namespace) -> None:
     from prune_perception.pruning.sensitivity import run_sensitivity
 
     output = Path(args.output)
+    settings, fan_out = _fan_out_settings(args), None
+    if settings is not None:
+        from prune_perception.scaleout.sensitivity import DaskSensitivity
+
+        fan_out = DaskSensitivity(settings)
     dense, points = run_sensitivity(Path(args.checkpoint), args.data, output, args.ratios, args.method, args.layers,
-                                    args.split, args.val_images, progress=not args.quiet)
-    worst = min(points, key=lambda p: p.mAP50)
-    print(f"dense val mAP50 {dense.mAP50:.3f}; {len(points)} evaluations; most sensitive: {worst.group} at "
-          f"{worst.ratio:g} -> {worst.mAP50:.3f}")
+                                    args.split, args.val_images, progress=not args.quiet, fan_out=fan_out)
+    if points:
+        worst = min(points, key=lambda p: p.mAP50)
+        print(f"dense val mAP50 {dense.mAP50:.3f}; {len(points)} evaluations; most sensitive: {worst.group} at "
+              f"{worst.ratio:g} -> {worst.mAP50:.3f}")
     for name in ("sensitivity.json", "sensitivity.md", "sensitivity.png"):
         print(f"wrote {output / name}")
+    _report_failures(getattr(fan_out, "failures", []), "sensitivity")
+
+
+def _fan_out_settings(args: argparse.Namespace):
+    """Dask settings from --scheduler / --workers / --retries / --allow-failures; None: run serially here."""
+    if getattr(args, "scheduler", None) is None and getattr(args, "workers", None) is None:
+        return None
+    from prune_perception.scaleout.runner import FanOutSettings
+
+    return FanOutSettings(scheduler=args.scheduler, workers=args.workers, retries=args.retries,
+                          allow_failures=getattr(args, "allow_failures", False), progress=not args.quiet)
+
+
+def _report_failures(failures, what: str) -> None:
+    """Print each failed task on stderr (they were allowed with --allow-failures)."""
+    for failure in failures:
+        print(f"prune-perception {what}: FAILED {failure.line()}", file=sys.stderr)
+
+
+def _cmd_fleet_eval(args: argparse.Namespace) -> None:
+    from prune_perception.evaluation.html_report import markdown_table
+    from prune_perception.scaleout.fleet import fleet_evaluate, fleet_tables, write_fleet_report
+    from prune_perception.scaleout.runner import FanOutSettings, TaskFailures
+
+    settings = FanOutSettings(scheduler=args.scheduler, workers=args.workers, retries=args.retries,
+                              allow_failures=args.allow_failures, progress=not args.quiet)
+    result = fleet_evaluate(args.bags, args.models, args.image_topic, _engine_options(args), settings)
+    for header, rows in fleet_tables(result)[:1]:
+        print(markdown_table(header, rows))
+    for path in write_fleet_report(result, Path(args.output)):
+        print(f"wrote {path}")
+    _report_failures(result.failures, "fleet-eval")
+    if result.failures and not args.allow_failures:
+        raise TaskFailures("bag evaluation", result.failures, len(args.bags) * len(args.models))
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -200,15 +287,20 @@ def _evaluate_on_bag(bag: str, model: str, args: argparse.Namespace):
     if args.offline:
         from prune_perception.evaluation.bag_eval import evaluate_bag_offline
 
-        engine_options = {k: v for k, v in params.items() if k in (
-            "providers", "score_threshold", "nms_threshold", "max_detections", "model_format", "intra_op_threads")}
-        return evaluate_bag_offline(bag, model, args.image_topic, engine_options, progress=not args.quiet)
+        return evaluate_bag_offline(bag, model, args.image_topic, _engine_options(args), progress=not args.quiet)
     from prune_perception.ros.replay import ReplaySettings, replay_bag
 
     record = Path(args.record) if getattr(args, "record", None) else None
     settings = ReplaySettings(rate=None if args.max_rate else args.rate, clock=args.clock, record=record,
                               image_topic=args.image_topic, params=params, progress=not args.quiet)
     return replay_bag(bag, model, settings)
+
+
+def _engine_options(args: argparse.Namespace) -> dict:
+    """Runtime-engine options of --providers and the -p overrides (offline evaluation)."""
+    params = {"providers": args.providers, **_node_overrides(args.param)}
+    return {k: v for k, v in params.items() if k in (
+        "providers", "score_threshold", "nms_threshold", "max_detections", "model_format", "intra_op_threads")}
 
 
 def _cmd_replay(args: argparse.Namespace) -> None:
@@ -271,6 +363,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.set_defaults(func=_cmd_eval)
 
+    def scale_out_options(command: argparse.ArgumentParser, allow_failures: bool, what: str = "the evaluations",
+                          local_default: bool = False) -> None:
+        group = command.add_argument_group("scale-out (Dask; docs/scale-out.md)")
+        group.add_argument("--scheduler", metavar="ADDRESS",
+                           help=f"fan out {what} on this existing Dask cluster (e.g. tcp://10.0.0.5:8786)")
+        group.add_argument("--workers", type=int, metavar="N",
+                           help=(f"fan out {what} on a local Dask cluster of N processes on 127.0.0.1; 0: one "
+                                 "after the other in this process "
+                                 + ("(default: as many processes as usable cores)" if local_default
+                                    else "(default without --scheduler/--workers: serially here, no Dask)")))
+        group.add_argument("--retries", type=int, default=1, help="retries of a failed task (default 1; errors of the "
+                                                                  "input itself are reported at once)")
+        if allow_failures:
+            group.add_argument("--allow-failures", action="store_true",
+                               help="exit 0 even if tasks failed (they are still listed in the outputs and on stderr)")
+
     prune = sub.add_parser("prune", help="structured channel pruning (+ fine-tuning) of a checkpoint")
     prune.add_argument("--config", help="YAML file (e.g. config/prune_synth.yaml); defaults when omitted")
     prune.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -286,7 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per step (0: none)")
     prune.add_argument("--budget", type=float, metavar="POINTS",
                        help="accuracy budget: largest ratio whose fine-tuned mAP50 drop is <= POINTS (prune.budget_*)")
+    prune.add_argument("--schedule", choices=["oneshot", "iterative", "elastic"],
+                       help="oneshot, iterative (--steps N) or elastic: soft pruning while fine-tuning, "
+                            "removed for real at the end")
+    prune.add_argument("--latency-ms", type=float, metavar="MS",
+                       help="latency target (inference p50 through the runtime engine, measured here) instead of "
+                            "a ratio; with --budget the accuracy budget applies too (prune.latency_*)")
+    prune.add_argument("--device", choices=["cpu", "cuda"], help="with --latency-ms: where latency is measured")
+    prune.add_argument("--threads", type=int, help="with --latency-ms: ONNX Runtime intra-op threads (0: default)")
     prune.add_argument("-o", "--output", help="output directory")
+    scale_out_options(prune, allow_failures=False, what="with --budget (steps search): the candidate ratios")
     prune.set_defaults(func=_cmd_prune)
 
     sensitivity = sub.add_parser("sensitivity", help="prune each layer group alone at several ratios; mAP50 table/plot")
@@ -298,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     sensitivity.add_argument("--layers", nargs="+", help="arch-spec layer names (default: every prunable group)")
     sensitivity.add_argument("--val-images", type=int, help="evaluate on the first N val images only (faster)")
     sensitivity.add_argument("-o", "--output", default="runs/sensitivity")
+    scale_out_options(sensitivity, allow_failures=True)
     sensitivity.set_defaults(func=_cmd_sensitivity)
 
     export = sub.add_parser("export", help="export a checkpoint to ONNX (metadata, parity check, optional INT8)")
@@ -405,6 +523,19 @@ def build_parser() -> argparse.ArgumentParser:
     bag_evaluation_options(compare)
     compare.add_argument("-o", "--output", default="runs/compare")
     compare.set_defaults(func=_cmd_compare)
+
+    fleet = sub.add_parser("fleet-eval", help="models on many bags offline (no ROS), one Dask task per bag and model; "
+                                              "one JSON + Markdown + HTML report")
+    fleet.add_argument("bags", nargs="+", metavar="BAG")
+    fleet.add_argument("--models", "--model", nargs="+", required=True, help="ONNX model(s)")
+    fleet.add_argument("--image-topic", help="image topic (default: each bag's only image topic)")
+    fleet.add_argument("--providers", nargs="+", default=["cpu"])
+    fleet.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                       help="engine parameter override (score_threshold, nms_threshold, max_detections, "
+                            "intra_op_threads, ...), repeatable")
+    fleet.add_argument("-o", "--output", default="runs/fleet")
+    scale_out_options(fleet, allow_failures=True, what="the bags", local_default=True)
+    fleet.set_defaults(func=_cmd_fleet_eval)
     return parser
 
 

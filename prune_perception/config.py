@@ -105,6 +105,16 @@ class PruneSettings:
     budget_search: str = "steps"       # steps: try budget_ratios in order | bisect: between 0 and `ratio`
     budget_ratios: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     budget_tolerance: float = 0.05     # bisect stops when the ratio interval is this narrow
+    schedule: str = "oneshot"          # oneshot | iterative (iterative_steps >= 2) | elastic (pruning/elastic.py)
+    elastic_hard_epochs: int = 1       # elastic: the last N fine-tune epochs train the hard-pruned network (0: none)
+    latency_ms: float | None = None    # latency target (inference p50, ms) measured with ONNX Runtime; null = use ratio
+    latency_device: str = "cpu"        # cpu | cuda: the execution provider the target is measured on
+    latency_threads: int = 1           # ONNX Runtime intra-op threads while measuring (0: ORT's default)
+    latency_runs: int = 50             # timed runs per candidate network (after warm-up); the final check uses >= 200
+    latency_margin: float = 0.05       # the search aims at target x (1 - margin), headroom for measurement noise
+    latency_val_images: int = 64       # val (+ as many train, for BatchNorm stats) images of the sensitivity estimate
+    latency_budget_fractions: list[float] = field(default_factory=lambda: [1.0, 0.85, 0.7])  # with budget: targets
+    latency_cache: str | None = None   # measured-latency cache (JSON); null = <output>/latency_cache.json
 
 
 @dataclass

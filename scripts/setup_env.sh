@@ -23,7 +23,7 @@ COLCON_VENV="$ROOT/build/colcon-venv"
 TORCH_PIN="torch==2.13.0"
 COLCON_PIN="colcon-common-extensions==0.3.0"
 PY_DEPS=(torch-pruning==1.6.1 numpy opencv-python-headless onnx onnxslim rosbags faster-coco-eval
-         tqdm matplotlib PyYAML 'pytest<9' hypothesis jsonschema setuptools wheel)
+         tqdm matplotlib PyYAML 'pytest<9' hypothesis jsonschema setuptools wheel dask distributed)
 ROS_WHEELS=(ros-rclpy ros-rmw-fastrtps-cpp ros-std-msgs ros-sensor-msgs ros-diagnostic-msgs
             ros-builtin-interfaces ros-geometry-msgs ros-lifecycle-msgs osrf-pycommon packaging)
 ROSIDL_BUILD_WHEELS=(ros-ament-package ros-ament-cmake ros-ament-cmake-ros-core
@@ -130,7 +130,8 @@ def have(dist):
 if not ok("torch"):
     missing.append("torch")
 if not ok("torch_pruning", "numpy", "cv2", "onnx", "onnxslim", "rosbags", "faster_coco_eval",
-          "tqdm", "matplotlib", "yaml", "pytest", "hypothesis", "jsonschema", "setuptools", "wheel"):
+          "tqdm", "matplotlib", "yaml", "pytest", "hypothesis", "jsonschema", "setuptools", "wheel",
+          "dask", "distributed"):
     missing.append("pydeps")
 else:
     import numpy, pytest

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 
 from prune_perception.errors import InputImageError
-from prune_perception.runtime.image_msg import DEFAULT_MAX_PIXELS, check_image_size, compressed_data, image_from_msg
+from prune_perception.runtime.image_msg import (DEFAULT_MAX_PIXELS, check_encoded_image_size, check_image_size,
+                                                compressed_data, image_from_msg)
 
 
 def is_compressed(msg: Any) -> bool:
@@ -30,7 +31,9 @@ def decode_image(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.nda
     """``(array, color_order)`` of an Image or CompressedImage (compressed ones decode to BGR order)."""
     if not is_compressed(msg):
         return image_from_msg(msg, max_pixels)
-    buffer = np.frombuffer(compressed_data(msg), dtype=np.uint8)
+    data = compressed_data(msg)
+    check_encoded_image_size(data, max_pixels)   # before decoding: a small file can declare gigapixels
+    buffer = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise InputImageError(f"compressed image ({msg.format or 'no format'}, {buffer.size} bytes) cannot be "

@@ -50,6 +50,11 @@ class TopicMeta:
     """metadata.yaml's offered QoS differ from the storage's (plain rosbags would read 0 messages)."""
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's text on one line (YAML and storage errors span several): error messages stay one line."""
+    return " ".join(str(exc).split())
+
+
 def _bag_dir(path: Path) -> Path:
     """The bag folder of ``path`` (the folder, its metadata.yaml or one of its storage files)."""
     if not path.exists():
@@ -71,7 +76,7 @@ def _read_metadata(bag: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load((bag / METADATA).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise BagError(f"{bag}: cannot read {METADATA} ({exc})") from None
+        raise BagError(f"{bag}: cannot read {METADATA} ({_one_line(exc)})") from None
     info = document.get("rosbag2_bagfile_information") if isinstance(document, dict) else None
     if not isinstance(info, dict):
         raise BagError(f"{bag}: {METADATA} has no 'rosbag2_bagfile_information' mapping")
@@ -81,15 +86,57 @@ def _read_metadata(bag: Path) -> dict[str, Any]:
     storage = info.get("storage_identifier")
     if storage not in SUPPORTED_STORAGES:
         raise BagError(f"{bag}: storage {storage!r} is not supported (supported: {', '.join(SUPPORTED_STORAGES)})")
+    entries = _check_structure(bag, info)
     foreign = []
-    for entry in info.get("topics_with_message_count") or []:
-        topic = (entry or {}).get("topic_metadata") or {}
+    for entry in entries:
+        topic = entry.get("topic_metadata") or {}
         if topic.get("serialization_format", "cdr") != "cdr":
             foreign.append(f"{topic.get('name')} ({topic.get('serialization_format')})")
     if foreign:
         raise BagError(f"{bag}: unsupported serialization format on {', '.join(foreign)}: only 'cdr' (ROS 2) bags "
                        "can be read")
     return info
+
+
+def _check_structure(bag: Path, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """BagError unless the fields rosbags reads have the types it expects (a hand-edited or corrupted
+    metadata.yaml must not surface as a TypeError deep inside rosbags); returns the topic entries."""
+    def is_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def fail(what: str):
+        return BagError(f"{bag}: {METADATA}: {what}")
+
+    paths = info.get("relative_file_paths")
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+        raise fail(f"relative_file_paths must be a list of file names, got {paths!r}")
+    if not isinstance(info.get("files", []), list):
+        raise fail("files must be a list")
+    for key, field in (("duration", "nanoseconds"), ("starting_time", "nanoseconds_since_epoch")):
+        value = info.get(key)
+        if not isinstance(value, dict) or not is_int(value.get(field)):
+            raise fail(f"{key}.{field} must be an integer, got {value!r}")
+    if not is_int(info.get("message_count")):
+        raise fail(f"message_count must be an integer, got {info.get('message_count')!r}")
+    for key in ("compression_format", "compression_mode"):
+        if not isinstance(info.get(key, ""), (str, type(None))):
+            raise fail(f"{key} must be a string")
+    entries = info.get("topics_with_message_count") or []
+    if not isinstance(entries, list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("topic_metadata"), dict) for entry in entries):
+        raise fail("topics_with_message_count must be a list of {topic_metadata: {...}, message_count: N} entries")
+    for entry in entries:
+        topic = entry["topic_metadata"]
+        if not all(isinstance(topic.get(key), str) and topic.get(key) for key in ("name", "type")):
+            raise fail(f"every topic needs a name and a type (strings), got {topic!r}")
+        if not isinstance(topic.get("serialization_format", "cdr"), str) or not isinstance(
+                topic.get("type_description_hash", ""), str) or not isinstance(
+                topic.get("offered_qos_profiles", ""), (str, list)):
+            raise fail(f"topic {topic['name']}: serialization_format, type_description_hash and "
+                       "offered_qos_profiles must be strings")
+        if not is_int(entry.get("message_count")):
+            raise fail(f"topic {topic['name']}: message_count must be an integer, got {entry.get('message_count')!r}")
+    return entries
 
 
 def _same_record(declared: Connection, stored: Connection) -> bool:
@@ -106,24 +153,38 @@ class RawBag:
         info = _read_metadata(self.path)
         self.version: int = info["version"]
         self.storage: str = info["storage_identifier"]
-        self.ros_distro: str | None = info.get("ros_distro")
-        self.custom_data: dict[str, str] = dict(info.get("custom_data") or {})
-        self._reader = Reader(self.path)
+        ros_distro = info.get("ros_distro")
+        self.ros_distro: str | None = None if ros_distro is None else str(ros_distro)
+        custom_data = info.get("custom_data") or {}
+        if not isinstance(custom_data, dict):
+            raise BagError(f"{self.path}: {METADATA}: custom_data must be a mapping, got {type(custom_data).__name__}")
+        self.custom_data: dict[str, str] = {str(key): str(value) for key, value in custom_data.items()}
+        try:
+            self._reader = Reader(self.path)
+        except Exception as exc:  # rosbags' own metadata parsing: ReaderError, KeyError, TypeError...
+            raise BagError(f"{self.path}: cannot read {METADATA} ({type(exc).__name__}: {_one_line(exc)})") from None
         try:
             self._reader.open()
         except Exception as exc:  # rosbags raises ReaderError, apsw and OS errors, KeyError...
-            raise BagError(f"{self.path}: cannot open the bag's storage ({type(exc).__name__}: {exc}); the "
+            raise BagError(f"{self.path}: cannot open the bag's storage ({type(exc).__name__}: {_one_line(exc)}); the "
                            ".db3/.mcap file may be truncated or corrupt") from None
         try:
             self._stored: list[Connection] = [c for s in self._reader.storage.storages for c in s.connections]
             self.topics: dict[str, TopicMeta] = self._topic_table()
-        except BaseException:
-            self._reader.close()
+            self.notes: list[str] = self._check_counts()
+            self.message_count = sum(t.stored_count for t in self.topics.values())
+            self.start_ns = self._reader.start_time if self.message_count else 0
+            self.end_ns = self._reader.end_time - 1 if self.message_count else 0
+        except BagError:
+            self.close()
             raise
-        self.notes: list[str] = self._check_counts()
-        self.message_count = sum(t.stored_count for t in self.topics.values())
-        self.start_ns = self._reader.start_time if self.message_count else 0
-        self.end_ns = self._reader.end_time - 1 if self.message_count else 0
+        except Exception as exc:  # a corrupt topic table (metadata.yaml or storage): unusable, say so
+            self.close()
+            raise BagError(f"{self.path}: cannot read the bag's topic table ({type(exc).__name__}: {_one_line(exc)}); "
+                           f"{METADATA} or the storage file may be corrupt") from None
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ topic table
 
@@ -199,7 +260,7 @@ class RawBag:
         except Exception as exc:  # storage errors: truncated chunks, malformed database pages, zstd...
             read = ", ".join(f"{t}: {counts[t]}" for t in sorted(wanted))
             raise BagError(f"{self.path}: reading messages failed after {read} messages ({type(exc).__name__}: "
-                           f"{exc}); the storage file may be truncated or corrupt") from None
+                           f"{_one_line(exc)}); the storage file may be truncated or corrupt") from None
         for topic in sorted(wanted):
             if counts[topic] != self.topics[topic].stored_count:
                 raise BagError(f"{self.path}: topic {topic}: read {counts[topic]} messages but the storage holds "
@@ -208,9 +269,12 @@ class RawBag:
     # ------------------------------------------------------------------ lifetime
 
     def close(self) -> None:
-        """Close the storage files (idempotent)."""
+        """Close the storage files (idempotent; a reader left half-built by a corrupt bag closes quietly)."""
         if self._reader.is_open:
-            self._reader.close()
+            try:
+                self._reader.close()
+            except Exception as exc:  # nothing left to do about it: the files are closed as far as they opened
+                log.debug("%s: closing the reader failed: %s", self.path, exc)
 
     def __enter__(self) -> RawBag:
         return self

@@ -33,11 +33,18 @@ class PruningRun:
     settings: dict               # the run's `prune:` config section
     widths: dict[str, int]       # pruned widths per arch-spec layer
     dense_widths: dict[str, int]
+    latency: dict | None = None  # latency-budget runs: target, device, measured p50/p99 (history.json "latency")
 
     @property
     def label(self) -> str:
         scope = "global" if self.settings.get("global_pruning") else "local"
-        return f"{self.settings.get('method', '?')} {self.settings.get('granularity', 'channel')} {scope}"
+        label = f"{self.settings.get('method', '?')} {self.settings.get('granularity', 'channel')} {scope}"
+        if self.latency:
+            label = f"{self.settings.get('method', '?')} latency ≤ {self.latency['target_ms']:g} ms"
+        if self.settings.get("schedule") == "elastic":
+            return f"{label} elastic"
+        steps = self.settings.get("iterative_steps", 1)
+        return f"{label} iterative×{steps}" if steps > 1 else label
 
 
 def load_run(folder: Path) -> PruningRun:
@@ -48,7 +55,8 @@ def load_run(folder: Path) -> PruningRun:
     history = json.loads(history_path.read_text())
     arch = load_checkpoint(folder / "pruned.pt").model.arch
     dense = default_arch(arch["size"], arch["num_classes"], arch["act"])["widths"]
-    return PruningRun(folder.name, history["steps"], history["config"]["prune"], arch["widths"], dense)
+    return PruningRun(folder.name, history["steps"], history["config"]["prune"], arch["widths"], dense,
+                      history.get("latency"))
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -88,10 +96,25 @@ def summary_rows(runs: list[PruningRun]) -> tuple[list[str], list[list[str]]]:
              f"{dense['mAP50']:.3f}", f"{dense['mAP50_95']:.3f}", "+0.000"]]
     for run in runs:
         final, own_dense = run.steps[-1], run.steps[0]
-        rows.append([run.name, run.label, f"{run.settings.get('ratio', final['ratio']):g}", f"{final['params']:,}",
+        ratio = final["ratio"] if run.latency else run.settings.get("ratio", final["ratio"])
+        rows.append([run.name, run.label, f"{ratio:g}", f"{final['params']:,}",
                      f"{final['macs'] / 1e6:.1f}", f"{1 - final['macs'] / own_dense['macs']:.1%}",
                      f"{final.get('sparsity', 0.0):.1%}", f"{final['mAP50']:.3f}", f"{final['mAP50_95']:.3f}",
                      f"{final['mAP50'] - own_dense['mAP50']:+.3f}"])
+    if any(run.latency for run in runs):   # measured latency (ms, inference p50 / p99) where runs measured it
+        header += ["p50 / p99 (ms)", "latency target"]
+
+        def measured(step: dict) -> str:
+            p50, p99 = step.get("latency_p50_ms"), step.get("latency_p99_ms")
+            return f"{p50:.2f} / {p99:.2f}" if p50 is not None and p99 is not None else "-"
+        latency_dense = next((run.steps[0] for run in runs if run.latency), dense)
+        rows[0] += [measured(latency_dense), "-"]
+        for row, run in zip(rows[1:], runs):
+            target = "-"
+            if run.latency:
+                target = (f"{run.latency['target_ms']:g} ms ({run.latency['device']}): "
+                          f"{'met' if run.latency.get('met') else 'not met'}, {run.latency['bound']}")
+            row += [measured(run.steps[-1]), target]
     return header, rows
 
 
@@ -118,7 +141,35 @@ def pareto_plot(runs: list[PruningRun], path: Path) -> Path:
     axis.plot([m / 1e6 for m, _ in front], [a for _, a in front], color="black", linewidth=1, label="Pareto front")
     axis.scatter([dense["macs"] / 1e6], [dense["mAP50"]], marker="*", s=250, color="gold", edgecolor="black",
                  zorder=3, label="dense")
+    for run in runs:   # a latency target, in the MACs it took to meet it on the measured device
+        if run.latency:
+            final = run.steps[-1]
+            axis.axvline(final["macs"] / 1e6, color="crimson", linestyle="--", linewidth=1,
+                         label=f"{run.name}: {run.latency['target_ms']:g} ms target ({run.latency['device']}), "
+                               f"p50 {run.latency['p50_ms']:.2f} ms at {final['macs'] / 1e6:.0f}M MACs")
     axis.set(xlabel="MACs (M)", ylabel="val mAP50", title="mAP50 vs MACs, all steps of all runs")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def latency_plot(runs: list[PruningRun], path: Path) -> Path:
+    """mAP50 against measured inference p50 for every step that measured it; each latency target as a line."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for run in runs:
+        measured = [s for s in run.steps if s.get("latency_p50_ms") is not None]
+        if measured:
+            axis.scatter([s["latency_p50_ms"] for s in measured], [s["mAP50"] for s in measured], label=run.name)
+        if run.latency:
+            axis.axvline(run.latency["target_ms"], color="crimson", linestyle="--", linewidth=1,
+                         label=f"target {run.latency['target_ms']:g} ms ({run.latency['device']}, "
+                               f"{run.latency.get('threads') or 'default'} thread(s))")
+    axis.set(xlabel="inference p50 (ms, ONNX Runtime engine)", ylabel="val mAP50",
+             title="mAP50 vs measured latency")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -172,6 +223,11 @@ def write_pruning_report(runs: list[Path], output: Path, sensitivity: Path | Non
     figures = [("mAP50 vs MACs (Pareto front)", pareto_plot(loaded, output / "pareto.png"),
                 "Every step of every run; the line joins the points no other point beats (fewer MACs and "
                 "higher mAP50). Weight/kernel pruning keeps the dense MACs: zeros are still multiplied.")]
+    if any(run.latency for run in loaded):
+        figures.append(("mAP50 vs measured latency", latency_plot(loaded, output / "latency.png"),
+                        "Inference p50 measured through the runtime engine on the target device (latency-budget runs: "
+                        "dense and pruned); the dashed line is the latency target. In the MACs plot the target "
+                        "appears as the MACs the run needed to meet it."))
     if sensitivity is not None:
         dense, points = load_sensitivity(Path(sensitivity))
         figures.append(("Sensitivity", sensitivity_plot(dense, points, output / "sensitivity.png"),

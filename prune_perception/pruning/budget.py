@@ -99,10 +99,14 @@ def search_budget(evaluate_candidate: Callable[[float], tuple[float, Any]], dens
     return trials, max(passed, key=lambda t: t.ratio) if passed else None
 
 
-def run_budget_pruning(config: PruneConfig, progress: bool = True) -> tuple[Path, list[BudgetCandidate], float | None]:
+def run_budget_pruning(config: PruneConfig, progress: bool = True,
+                       fan_out: Callable | None = None) -> tuple[Path, list[BudgetCandidate], float | None]:
     """Search the ratio for `prune.budget`; writes pruned.pt (dense when no ratio fits), history.json, summary.md.
 
     Returns the checkpoint path, every candidate, and the chosen ratio (None: the dense model was kept).
+    `fan_out(config, dense_checkpoint, ratios) -> {ratio: (model, final PruneStep, seconds)}` evaluates the
+    candidates of a `steps` search elsewhere, all at once (scaleout/budget.py: DaskBudgetCandidates); the
+    search then runs over those results.
     """
     settings = config.prune
     validate_budget_settings(settings)
@@ -111,15 +115,21 @@ def run_budget_pruning(config: PruneConfig, progress: bool = True) -> tuple[Path
     dense, input_hw = checkpoint.model, checkpoint.input_hw
     dense_cost, dense_map = baseline.cost, baseline.map
 
+    done = fan_out(config, checkpoint, settings.budget_ratios) if fan_out is not None else {}
+
     def evaluate_candidate(ratio: float) -> tuple[float, tuple[Detector, PruneStep, float]]:
         candidate_start = time.monotonic()
-        model = copy.deepcopy(dense)
-        final = prune_model(config, model, input_hw, checkpoint.classes, prune_spec(settings, ratio), evaluate,
-                            output / f"ratio_{ratio:.3f}", progress)[-1]
+        if ratio in done:
+            model, final, seconds = done[ratio]
+        else:
+            model = copy.deepcopy(dense)
+            final = prune_model(config, model, input_hw, checkpoint.classes, prune_spec(settings, ratio), evaluate,
+                                output / f"ratio_{ratio:.3f}", progress)[-1]
+            seconds = round(time.monotonic() - candidate_start, 2)
         if progress:
             print(f"ratio {ratio:.3f}: MACs {final.macs / 1e6:.1f}M mAP50 {final.mAP50:.3f} "
                   f"({(final.mAP50 - dense_map.map50) * 100:+.2f} points)")
-        return final.mAP50, (model, final, round(time.monotonic() - candidate_start, 2))
+        return final.mAP50, (model, final, seconds)
 
     trials, best = search_budget(evaluate_candidate, dense_map.map50, settings.budget, settings.budget_search,
                                  settings.budget_ratios, settings.ratio, settings.budget_tolerance)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from prune_perception.config import ModelConfig, PruneConfig, PruneSettings, TrainConfig, to_dict
 from prune_perception.data.dataset import load_dataset
 from prune_perception.data.torch_dataset import TorchDetectionDataset, collate_detections
+from prune_perception.errors import ConfigError
 from prune_perception.evaluation.coco_map import MapResult
 from prune_perception.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from prune_perception.models.detector import Detector
@@ -25,6 +26,7 @@ from prune_perception.models.cost import ModelCost, model_cost
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner
 from prune_perception.pruning.unstructured import (UnstructuredPruner, WeightMasks, check_granularity, masked_convs,
                                                    weight_sparsity)
+from prune_perception.training import distributed
 from prune_perception.training.distillation import Distiller, validate_distill_settings
 from prune_perception.training.loss import DetectionLoss
 from prune_perception.training.trainer import Trainer
@@ -44,6 +46,33 @@ class PruneStep:
     mAP50_95: float
     seconds: float
     sparsity: float = 0.0     # fraction of zero conv weights (what weight/kernel granularity produces)
+    latency_p50_ms: float | None = None   # measured inference latency (latency-budget runs; ONNX Runtime engine)
+    latency_p99_ms: float | None = None
+    elastic: list[dict] | None = None     # elastic schedule: one record per fine-tune epoch (see pruning/elastic.py)
+
+
+SCHEDULES = ("oneshot", "iterative", "elastic")
+
+
+def resolve_schedule(settings: PruneSettings) -> str:
+    """The schedule a `prune:` section asks for; ConfigError when it contradicts `iterative_steps`.
+
+    `oneshot` with `iterative_steps` > 1 is read as `iterative` (configs older than `schedule` said so this way).
+    """
+    schedule, steps = settings.schedule, settings.iterative_steps
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"prune.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if schedule == "iterative" and steps < 2:
+        raise ConfigError(f"prune.schedule iterative needs prune.iterative_steps >= 2 (--steps N), got {steps}")
+    if schedule == "elastic":
+        if steps != 1:
+            raise ConfigError(f"prune.schedule elastic zeroes and revives filters while fine-tuning and removes them "
+                              f"once at the end: prune.iterative_steps must be 1, got {steps}")
+        if settings.granularity != "channel":
+            raise ConfigError(f"prune.schedule elastic is structured (channel granularity), got granularity "
+                              f"{settings.granularity!r}")
+        return "elastic"
+    return "iterative" if steps > 1 else "oneshot"
 
 
 @dataclass
@@ -85,6 +114,11 @@ def run_pruning(config: PruneConfig, progress: bool = True) -> tuple[Path, list[
     settings = config.prune
     validate_distill_settings(config.distill)
     check_granularity(settings.granularity, settings.method)
+    schedule = resolve_schedule(settings)
+    if schedule == "elastic":
+        from prune_perception.pruning.elastic import validate_elastic
+
+        validate_elastic(config)
     dense = start_run(config)
     model, input_hw = dense.checkpoint.model, dense.checkpoint.input_hw
     history = [PruneStep(0, 0.0, dense.cost.params, dense.cost.macs, dense.map.map50, dense.map.map50_95,
@@ -94,11 +128,12 @@ def run_pruning(config: PruneConfig, progress: bool = True) -> tuple[Path, list[
     final = history[-1]
     pruned_path = save_pruned(config, dense, model, final.mAP50, {
         "method": settings.method, "ratio": settings.ratio, "scope": "global" if settings.global_pruning else "local",
-        "iterative_steps": settings.iterative_steps, "granularity": settings.granularity, "sparsity": final.sparsity})
+        "iterative_steps": settings.iterative_steps, "schedule": schedule, "granularity": settings.granularity,
+        "sparsity": final.sparsity})
     (dense.output / "history.json").write_text(json.dumps({
         "config": to_dict(config), "steps": [asdict(h) for h in history],
         "seconds": round(time.monotonic() - dense.started, 1)}, indent=2))
-    (dense.output / "summary.md").write_text(prune_markdown(history, settings.method))
+    (dense.output / "summary.md").write_text(prune_markdown(history, settings.method, schedule))
     return pruned_path, history
 
 
@@ -120,6 +155,10 @@ def prune_model(config: PruneConfig, model: Detector, input_hw: tuple[int, int],
                 evaluate: Callable[[Detector], MapResult], output: Path, progress: bool) -> list[PruneStep]:
     """Prune `model` in place as `spec` says, fine-tuning after each step; one PruneStep per step."""
     settings = config.prune
+    if resolve_schedule(settings) == "elastic":
+        from prune_perception.pruning.elastic import elastic_prune
+
+        return [elastic_prune(config, model, input_hw, spec, evaluate, output, progress)]
     pruner = (StructuredPruner(model, input_hw, make_importance(settings.method), spec)
               if settings.granularity == "channel"
               else UnstructuredPruner(model, settings.granularity, settings.method, spec))
@@ -161,10 +200,15 @@ def _finetune(config: PruneConfig, model, input_hw, output: Path, progress: bool
     """Fine-tune in place; the best (EMA) weights end up in `model`. `masks` stay applied throughout."""
     train_config = TrainConfig(data=config.data, model=ModelConfig(input_size=list(input_hw)), augment=config.augment,
                                optim=config.finetune, output=str(output))
-    trainer = Trainer(train_config, model=model, progress=progress, distiller=_distiller(config, model))
-    if masks is not None:
-        masks.keep_applied(trainer.optimizer)
-    result = trainer.fit()
+    if distributed.context().is_distributed:   # under torchrun: every rank fine-tunes (pruning/ddp_finetune.py)
+        from prune_perception.pruning.ddp_finetune import finetune_on_all_ranks
+
+        result = finetune_on_all_ranks(train_config, model, config, masks, progress)
+    else:
+        trainer = Trainer(train_config, model=model, progress=progress, distiller=_distiller(config, model))
+        if masks is not None:
+            masks.keep_applied(trainer.optimizer)
+        result = trainer.fit()
     model.load_state_dict(load_checkpoint(result.best_checkpoint).model.state_dict())
     return result.best_map
 
@@ -176,9 +220,9 @@ def _distiller(config: PruneConfig, student: Detector) -> Distiller | None:
     return Distiller(load_checkpoint(Path(config.checkpoint)).model, student, config.distill)
 
 
-def prune_markdown(history: list[PruneStep], method: str) -> str:
+def prune_markdown(history: list[PruneStep], method: str, schedule: str = "oneshot") -> str:
     dense = history[0]
-    lines = [f"# Pruning ({method})", "",
+    lines = [f"# Pruning ({method}, {schedule})", "",
              "| step | ratio | params | MACs (M) | MACs cut | mAP50 pruned | mAP50 fine-tuned | mAP50-95 | Δ mAP50 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for h in history:

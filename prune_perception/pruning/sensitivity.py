@@ -2,7 +2,8 @@
 
 Layers whose channels are coupled by the dependency graph (a stage's down conv and its residual
 blocks' cv2) are one group, pruned together and named by their layers joined with "+".
-`sensitivity_point` is one (group, ratio) evaluation with plain arguments, so it can be fanned out.
+`sensitivity_point` is one (group, ratio) evaluation with plain arguments, so it can be fanned out
+(`run_sensitivity(..., fan_out=...)`, e.g. on Dask: prune_perception/scaleout/sensitivity.py).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import copy
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from prune_perception.data.dataset import DetectionDataset, load_dataset
@@ -48,11 +51,16 @@ def group_name(layers: Sequence[str]) -> str:
 
 def sensitivity_point(model: Detector, input_hw: tuple[int, int], layers: Sequence[str], ratio: float, method: str,
                       val_images: LetterboxedImages, val_set: DetectionDataset) -> SensitivityPoint:
-    """Prune a copy of `model` at `ratio` in `layers` (one coupled group) only, and evaluate it."""
+    """Prune a copy of `model` at `ratio` in `layers` (one coupled group) only, and evaluate it.
+
+    Seeded by (group, ratio), so `random` gives the same point wherever and in whatever order it runs.
+    """
     started = time.monotonic()
     pruned = copy.deepcopy(model)
     spec = PruneSpec(ratio=0.0, max_layer_ratio=max(ratio, 0.9), layer_ratios={layers[0]: ratio})
-    StructuredPruner(pruned, input_hw, make_importance(method), spec).step()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(f"{group_name(layers)}@{ratio}".encode()))
+        StructuredPruner(pruned, input_hw, make_importance(method), spec).step()
     cost, result = model_cost(pruned, input_hw), evaluate_model(pruned, val_images, val_set)
     return SensitivityPoint(group_name(layers), ratio, cost.params, cost.macs, result.map50, result.map50_95,
                             round(time.monotonic() - started, 2))
@@ -71,8 +79,15 @@ def select_groups(groups: list[tuple[str, ...]], layers: Sequence[str] | None) -
 
 def run_sensitivity(checkpoint_path: Path, data: str, output: Path, ratios: Sequence[float] = (0.25, 0.5, 0.75),
                     method: str = "l1", layers: Sequence[str] | None = None, split: str = "val",
-                    val_images: int | None = None, progress: bool = True) -> tuple[SensitivityPoint, list[SensitivityPoint]]:
-    """Every (group, ratio) point; writes sensitivity.json, .md and .png to `output`. Returns (dense, points)."""
+                    val_images: int | None = None, progress: bool = True,
+                    fan_out: Callable[..., list[SensitivityPoint]] | None = None,
+                    ) -> tuple[SensitivityPoint, list[SensitivityPoint]]:
+    """Every (group, ratio) point; writes sensitivity.json, .md and .png to `output`. Returns (dense, points).
+
+    `fan_out(model, input_hw, jobs, method, images, val_set)` evaluates the (group, ratio) jobs elsewhere
+    (scaleout.sensitivity.DaskSensitivity) and returns their points in job order; its `failures`, if any,
+    are listed in sensitivity.json.
+    """
     if method not in SENSITIVITY_METHODS:
         raise ConfigError(f"sensitivity method must be one of {', '.join(SENSITIVITY_METHODS)}, got {method!r}")
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
@@ -88,13 +103,18 @@ def run_sensitivity(checkpoint_path: Path, data: str, output: Path, ratios: Sequ
     dense_cost, dense_map = model_cost(model, input_hw), evaluate_model(model, images, val_set)
     dense = SensitivityPoint("dense", 0.0, dense_cost.params, dense_cost.macs, dense_map.map50, dense_map.map50_95, 0.0)
     jobs = [(group, ratio) for group in groups for ratio in sorted(ratios)]
-    points = [sensitivity_point(model, input_hw, group, ratio, method, images, val_set)
-              for group, ratio in tqdm(jobs, desc="sensitivity", unit="eval", disable=not progress)]
+    if fan_out is None:
+        points = [sensitivity_point(model, input_hw, group, ratio, method, images, val_set)
+                  for group, ratio in tqdm(jobs, desc="sensitivity", unit="eval", disable=not progress)]
+    else:
+        points = fan_out(model, input_hw, jobs, method, images, val_set)
+    failed = [asdict(f) for f in getattr(fan_out, "failures", [])]
     output.mkdir(parents=True, exist_ok=True)
     (output / "sensitivity.json").write_text(json.dumps({
         "checkpoint": str(checkpoint_path), "data": str(data), "split": split, "val_images": len(val_set),
         "method": method, "ratios": sorted(ratios), "dense": asdict(dense),
-        "groups": [list(group) for group in groups], "points": [asdict(p) for p in points]}, indent=2))
+        "groups": [list(group) for group in groups], "points": [asdict(p) for p in points],
+        **({"failed": failed} if failed else {})}, indent=2))
     (output / "sensitivity.md").write_text(sensitivity_markdown(dense, points, method, len(val_set)))
     sensitivity_plot(dense, points, output / "sensitivity.png")
     return dense, points
@@ -112,7 +132,7 @@ def sensitivity_markdown(dense: SensitivityPoint, points: list[SensitivityPoint]
              "|---|" + "---|" * len(ratios)]
     for group, row in by_group.items():
         cells = [f"{row[r].mAP50:.3f} ({(row[r].mAP50 - dense.mAP50) * 100:+.1f}, {1 - row[r].macs / dense.macs:.1%})"
-                 for r in ratios]
+                 if r in row else "failed" for r in ratios]
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -38,7 +38,7 @@ from prune_perception.ros.messages import detections_to_msg, image_to_msg
 from prune_perception.runtime.engine import DetectorEngine, Thresholds, validate_model_file
 from prune_perception.runtime.frame_mailbox import FrameMailbox
 from prune_perception.runtime.health import LEVEL_NAMES, ModelState, assess, report_values
-from prune_perception.runtime.image_msg import compressed_data, image_from_msg
+from prune_perception.runtime.image_msg import check_encoded_image_size, compressed_data, image_from_msg
 from prune_perception.runtime.pipeline_stats import PipelineStats
 from prune_perception.runtime.postprocess import Detections
 from prune_perception.runtime.preprocess import as_uint8_color
@@ -234,7 +234,9 @@ class DetectorNode(Node):
             raise ConfigError(f"no model loaded ({self._load_error})")
         start = time.perf_counter()
         if self._compressed:
-            image, color_order, _ = engine.decode(compressed_data(msg))
+            data = compressed_data(msg)
+            check_encoded_image_size(data, self._params["max_image_pixels"])   # before a decompression bomb
+            image, color_order, _ = engine.decode(data)
             height, width = image.shape[:2]
             if height * width > self._params["max_image_pixels"]:
                 raise ConfigError(f"decoded image is {width}x{height}, over max_image_pixels "
@@ -333,6 +335,31 @@ def close_nodes(nodes: list[Node]) -> None:
         node.destroy_node()
 
 
+def spin_resilient(executor: rclpy.executors.Executor, logger, duration: float | None = None) -> None:
+    """``executor.spin()`` (or for ``duration`` s) that survives an exception raised by a callback.
+
+    rclpy re-raises a callback's exception out of ``spin``: one malformed request from any client on
+    the network (e.g. a SetParameters request with an invalid parameter type, which rclpy's own
+    parameter service cannot convert) would otherwise stop the node. The error is logged and the
+    executor spins on; Ctrl-C and shutdown end it as before."""
+    end = None if duration is None else time.monotonic() + duration
+    while executor.context.ok():
+        try:
+            if end is None:
+                executor.spin()
+            else:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return
+                executor.spin_until_future_complete(Future(), timeout_sec=remaining)
+            return
+        except (KeyboardInterrupt, ExternalShutdownException):
+            raise
+        except Exception as exc:  # a callback failed: keep serving
+            logger.error(f"a callback raised {type(exc).__name__}: {exc}; the node keeps running",
+                         throttle_duration_sec=LOG_THROTTLE_S)
+
+
 def run_nodes(nodes: list[Node], duration: float | None = None) -> None:
     """Spin ``nodes`` on one executor until Ctrl-C / shutdown (or ``duration`` s), then close and destroy them
     and shut rclpy down. Single-threaded: every callback is cheap (the detector works in its own thread),
@@ -341,10 +368,7 @@ def run_nodes(nodes: list[Node], duration: float | None = None) -> None:
     for node in nodes:
         executor.add_node(node)
     try:
-        if duration is None:
-            executor.spin()
-        else:
-            executor.spin_until_future_complete(Future(), timeout_sec=duration)
+        spin_resilient(executor, nodes[0].get_logger(), duration)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

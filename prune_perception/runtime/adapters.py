@@ -148,6 +148,29 @@ ADAPTERS: dict[str, type[OutputAdapter]] = {a.name: a for a in (NativeAdapter, Y
 OUTPUT_FORMATS = tuple(ADAPTERS)
 
 
+def adapt(adapter: OutputAdapter, outputs: Sequence[np.ndarray], batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """``adapter(outputs)``, checked: boxes ``[batch,K,4]`` and scores ``[batch,K,C]`` (C >= 1).
+
+    The loader checks the *declared* output shapes; symbolic dims are only known at run time, where a
+    model may return shapes its layout cannot take. That is a ModelLoadError naming the shapes, not an
+    IndexError from deep inside numpy."""
+    try:
+        boxes, scores = adapter(outputs)
+        boxes, scores = np.asarray(boxes), np.asarray(scores)
+        problem = ""
+        if boxes.ndim != 3 or scores.ndim != 3 or boxes.shape[2] != 4 or boxes.shape[:2] != scores.shape[:2]:
+            problem = f"gave boxes {list(boxes.shape)} and scores {list(scores.shape)}, expected [N,K,4] and [N,K,C]"
+        elif boxes.shape[0] != batch or scores.shape[2] < 1:
+            problem = f"gave {boxes.shape[0]} images and {scores.shape[2]} classes for a batch of {batch}"
+    except (IndexError, ValueError, TypeError) as exc:
+        problem = f"failed ({type(exc).__name__}: {exc})"
+    if problem:
+        shapes = ", ".join(str(list(np.shape(o))) for o in outputs)
+        raise ModelLoadError(f"model outputs at run time ({shapes}) do not fit the {adapter.name} layout "
+                             f"({adapter.layout}): the adapter {problem}")
+    return boxes, scores
+
+
 def matching_formats(output_names: Sequence[str], output_shapes: Sequence[Shape],
                      input_hw: tuple[int, int]) -> list[str]:
     """Names of the formats whose layout the outputs fit."""

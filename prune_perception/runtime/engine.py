@@ -30,7 +30,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
 
 from prune_perception.errors import ConfigError, InputImageError, ModelLoadError, PrunePerceptionError
-from prune_perception.runtime.adapters import ADAPTERS
+from prune_perception.runtime.adapters import ADAPTERS, adapt
 from prune_perception.runtime.model_metadata import ModelInfo, ModelOverrides, model_format_name, read_model_info
 from prune_perception.runtime.postprocess import Detections, select_detections
 from prune_perception.runtime.preprocess import preprocess_batch
@@ -128,12 +128,23 @@ class DetectorEngine:
             raise ModelLoadError(f"{path}: not an ONNX model, or the file is truncated/corrupt ({exc})") from None
         except Exception as exc:  # ONNX Runtime's load errors share no base class below Exception
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load the model: {exc}") from None
-        self.info: ModelInfo = read_model_info(path, self._session, model_format, overrides)
-        self._adapter = ADAPTERS[self.info.output_format](self.info.input_hw, self.info.output_names,
-                                                          self.info.output_layout)
-        warmup_batch = np.zeros((1, 3, *self.info.input_hw), dtype=np.float32)
-        for _ in range(warmup_runs):
-            self.infer(warmup_batch)
+        try:
+            self.info: ModelInfo = read_model_info(path, self._session, model_format, overrides)
+            self._adapter = ADAPTERS[self.info.output_format](self.info.input_hw, self.info.output_names,
+                                                              self.info.output_layout)
+        except PrunePerceptionError:
+            raise
+        except Exception as exc:  # e.g. metadata or tensor names that are not UTF-8 (ORT raises UnicodeDecodeError)
+            raise ModelLoadError(f"{path}: cannot read the model's inputs, outputs or metadata "
+                                 f"({type(exc).__name__}: {exc})") from None
+        try:
+            warmup_batch = np.zeros((1, 3, *self.info.input_hw), dtype=np.float32) if warmup_runs else None
+            for _ in range(warmup_runs):
+                self.infer(warmup_batch)
+        except PrunePerceptionError:
+            raise
+        except Exception as exc:  # ORT run errors, MemoryError: the model cannot serve, say so as a load error
+            raise ModelLoadError(f"{path}: warm-up inference failed ({type(exc).__name__}: {exc})") from None
 
     @property
     def active_providers(self) -> tuple[str, ...]:
@@ -181,7 +192,7 @@ class DetectorEngine:
         preprocessed = time.perf_counter()
         outputs = self.infer(batch)
         inferred = time.perf_counter()
-        boxes, scores = self._adapter(outputs)
+        boxes, scores = adapt(self._adapter, outputs, len(images))
         thresholds = self._thresholds
         results = []
         for image, transform, image_boxes, image_scores in zip(images, transforms, boxes, scores):

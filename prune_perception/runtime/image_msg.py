@@ -124,6 +124,55 @@ def convert_color(image: np.ndarray, source_order: str, encoding: str) -> np.nda
     return np.ascontiguousarray(ordered)
 
 
+_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+"""Start-of-frame markers (baseline, progressive, lossless, arithmetic); C4/C8/CC are other segments."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def encoded_image_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """``(width, height)`` a JPEG (SOF segment) or PNG (IHDR chunk) declares, read from the header without
+    decoding; None for other formats or an unreadable header.
+
+    Lets a caller refuse a decompression bomb (a few hundred bytes declaring 30000x30000 pixels decode
+    to gigabytes, for seconds) before handing it to the decoder."""
+    view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    size = len(view)
+    if size >= 24 and bytes(view[:8]) == _PNG_SIGNATURE and bytes(view[12:16]) == b"IHDR":
+        return int.from_bytes(view[16:20], "big"), int.from_bytes(view[20:24], "big")
+    if size < 4 or view[0] != 0xFF or view[1] != 0xD8:
+        return None
+    index = 2
+    while index + 4 <= size:
+        if view[index] != 0xFF:
+            return None
+        marker = view[index + 1]
+        if marker == 0xFF:                                   # fill byte
+            index += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:         # segments without a length
+            index += 2
+            continue
+        if marker in (0xD9, 0xDA):                           # end of image / scan data before any frame header
+            return None
+        if marker in _JPEG_SOF_MARKERS:
+            if index + 9 > size:
+                return None
+            return int.from_bytes(view[index + 7:index + 9], "big"), int.from_bytes(view[index + 5:index + 7], "big")
+        index += 2 + int.from_bytes(view[index + 2:index + 4], "big")
+    return None
+
+
+def check_encoded_image_size(data: bytes | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """InputImageError when a JPEG/PNG header declares a 0-sized image or more than ``max_pixels`` pixels
+    (checked before decoding; other formats pass and are checked after decoding)."""
+    declared = encoded_image_size(data)
+    if declared is not None:
+        try:
+            check_image_size(*declared, max_pixels)
+        except InputImageError as exc:
+            raise InputImageError(f"encoded image header: {exc}") from None
+
+
 def compressed_data(msg: Any) -> bytes | memoryview:
     """The encoded bytes of a sensor_msgs/CompressedImage; InputImageError when empty."""
     data = msg.data

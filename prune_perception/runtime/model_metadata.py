@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,11 @@ REQUIRED_KEYS = (FORMAT_KEY, "classes", "input_size", "color_order", "normalizat
                  "output_layout", "model_hash", "pruning", "created")
 OPTIONAL_KEYS = ("quantization",)
 MODEL_FORMATS = ("auto", *OUTPUT_FORMATS)
+MAX_INPUT_PIXELS = 4096 * 4096
+"""Largest network input H x W the runtime accepts: one float32 input alone is 200 MB there; a model
+declaring more (e.g. [1, 3, 100000, 100000]) would exhaust memory at its first inference."""
+MAX_OUTPUT_ELEMENTS = 1 << 28
+"""Largest static output (elements, 1 GiB of float32) a model may declare, for the same reason."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,7 @@ def read_model_info(path: Path, session, model_format: str = "auto",
     input_name, batch_size, model_hw = _input_signature(path, session)
     output_names = tuple(o.name for o in session.get_outputs())
     output_shapes = tuple(tuple(o.shape) for o in session.get_outputs())
+    _check_output_sizes(path, output_names, output_shapes)
     props = dict(session.get_modelmeta().custom_metadata_map)
     metadata = _parse_metadata(path, props) if FORMAT_KEY in props else None
 
@@ -225,11 +232,25 @@ def _input_hw(path: Path, model_hw: tuple, declared_hw) -> tuple[int, int]:
         if static and tuple(model_hw) != declared_hw:
             raise ModelLoadError(f"{path}: input size {list(declared_hw)} (metadata or input_size) disagrees with "
                                  f"the model's input {list(model_hw)}")
-        return declared_hw
-    if not static:
+        hw = declared_hw
+    elif not static:
         raise ModelLoadError(f"{path}: the model's input H/W are dynamic ({list(model_hw)}) and no input size is "
                              "given: set input_size [H, W]")
-    return tuple(model_hw)
+    else:
+        hw = tuple(model_hw)
+    if min(hw) <= 0 or hw[0] * hw[1] > MAX_INPUT_PIXELS:
+        raise ModelLoadError(f"{path}: input size {hw[0]}x{hw[1]} is not usable: H and W must be > 0 and H x W at "
+                             f"most {MAX_INPUT_PIXELS} ({int(MAX_INPUT_PIXELS ** 0.5)}x{int(MAX_INPUT_PIXELS ** 0.5)})")
+    return hw
+
+
+def _check_output_sizes(path: Path, names, shapes) -> None:
+    """ModelLoadError for a static output dim < 0 or an output declaring more than MAX_OUTPUT_ELEMENTS."""
+    for name, shape in zip(names, shapes):
+        static = [d for d in shape if isinstance(d, int)]
+        if any(d < 0 for d in static) or math.prod(static) > MAX_OUTPUT_ELEMENTS:
+            raise ModelLoadError(f"{path}: output {name!r} declares shape {list(shape)}: more than "
+                                 f"{MAX_OUTPUT_ELEMENTS} elements or a negative dim")
 
 
 def _detect_format(path: Path, names, shapes, input_hw) -> str:

@@ -74,6 +74,10 @@ class DetectionLoss:
     def __init__(self, strides, weights: LossWeights = LossWeights()):
         self.strides = tuple(strides)
         self.w = weights
+        # DDP (set by the Trainer under torchrun): norm -> (sum of norm over ranks, world size). Each rank then
+        # returns world_size x its summed loss / the global norm, so the gradients DDP averages are exactly
+        # the single-process loss's (normalised by the whole global batch's soft targets).
+        self.global_normalizer = None
 
     @torch.no_grad()
     def assign(self, scores, pred_boxes, centers, strides, gt_classes, gt_boxes, valid):
@@ -114,7 +118,10 @@ class DetectionLoss:
         target_classes, target_boxes, soft, positive = self.assign(
             cls_logits.detach().sigmoid(), pred_boxes.detach(), centers, strides, gt_classes, gt_boxes, valid)
         cls_target = F.one_hot(target_classes, cls_logits.shape[-1]).float() * soft.unsqueeze(-1)
-        norm = soft.sum().clamp(min=1.0)
+        norm, scale = soft.sum(), 1.0
+        if self.global_normalizer is not None:
+            norm, scale = self.global_normalizer(norm.detach())
+        norm = norm.clamp(min=1.0) / scale
         loss_cls = F.binary_cross_entropy_with_logits(cls_logits, cls_target, reduction="sum") / norm
         if positive.any():
             loss_box = ((1 - giou(pred_boxes[positive], target_boxes[positive])) * soft[positive]).sum() / norm

@@ -1,17 +1,31 @@
-"""Training loop: AdamW/SGD, warm-up + cosine (or plateau) LR, EMA, early stop on val mAP50, resume."""
+"""Training loop: AdamW/SGD, warm-up + cosine (or plateau) LR, EMA, early stop on val mAP50, resume.
+
+Under ``torchrun`` (see :mod:`prune_perception.training.distributed` and docs/scale-out.md) the same loop
+runs on every rank with DistributedDataParallel: each optimizer step consumes the same global batch of
+``optim.batch_size`` images as one process would (split into equal per-rank shards), the loss is
+normalised by the whole global batch, gradients are averaged over ranks, and BatchNorm normalises over
+the global batch (``distributed.synchronized_batchnorm``: SyncBatchNorm's computation over gloo, on
+the CPU), so the ranks compute what one process computes, up to float rounding. Only rank 0 evaluates
+and writes checkpoints, history, plots and progress bars; the evaluation result is broadcast so that
+every rank takes the same best/plateau/early-stop decisions.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 from tqdm import tqdm
 
 from prune_perception.config import TrainConfig, to_dict
@@ -24,6 +38,7 @@ from prune_perception.models.arch import default_arch
 from prune_perception.models.checkpoint import load_checkpoint, save_checkpoint
 from prune_perception.models.detector import Detector
 from prune_perception.models.inference import LetterboxedImages, evaluate_model
+from prune_perception.training import distributed
 from prune_perception.training.distillation import Distiller
 from prune_perception.training.ema import ModelEMA
 from prune_perception.training.loss import DetectionLoss
@@ -80,6 +95,47 @@ def augment_config(config: TrainConfig) -> AugmentConfig:
                          scale=(a.scale_min, a.scale_max), translate=a.translate, mosaic_prob=a.mosaic_prob)
 
 
+class RankBatches(Sampler[list[int]]):
+    """This rank's share of every global batch of ``batches`` (contiguous, as equal as possible).
+
+    The global batches come from the same RandomSampler + BatchSampler (and the same seeded generator)
+    as a single process's DataLoader, so the union of all ranks' step-i shards is exactly the
+    single-process batch i.
+    """
+
+    def __init__(self, batches: BatchSampler, rank: int, world_size: int):
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            n = len(batch)
+            yield batch[n * self.rank // self.world_size: n * (self.rank + 1) // self.world_size]
+
+
+class TrainStep(nn.Module):
+    """The module DistributedDataParallel wraps: the model plus the distiller's feature adapters.
+
+    ``forward(images)`` returns ``((cls_logits, distances), weighted distillation loss)``. Running the
+    distiller's student forward inside this module's forward is what makes DDP average the student's
+    (and the adapters') gradients; the frozen teacher is not a submodule (no gradients, not synchronised).
+    """
+
+    def __init__(self, model: Detector, distiller: Distiller | None = None):
+        super().__init__()
+        self.model = model
+        self.adapters = distiller.adapters if distiller else nn.ModuleList()
+        self._distiller = [distiller]  # in a list: not registered as a submodule (its teacher stays out)
+
+    def forward(self, images: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        distiller = self._distiller[0]
+        if distiller:
+            return distiller.student_forward(images)
+        return self.model(images), images.new_zeros(())
+
+
 def load_datasets(config: TrainConfig) -> tuple[DetectionDataset, DetectionDataset]:
     train = load_dataset(config.data.train, config.data.train_split, config.data.classes)
     val = load_dataset(config.data.val, config.data.val_split, train.classes)
@@ -92,13 +148,17 @@ class Trainer:
     """Train (or fine-tune, when `model` is given) a detector as described by a TrainConfig.
 
     `distiller` (built for `model`) adds knowledge distillation from its frozen teacher.
+    `dist` is the torchrun job (default: the joined one, see :func:`distributed.init_distributed`;
+    a single process when none was joined).
     """
 
     def __init__(self, config: TrainConfig, model: Detector | None = None, progress: bool = True,
-                 distiller: Distiller | None = None):
+                 distiller: Distiller | None = None, dist: distributed.DistContext | None = None):
         validate_train_config(config)
         self.config = config
-        self.progress = progress
+        self.dist = dist if dist is not None else distributed.context()
+        self.is_main = self.dist.is_main
+        self.progress = progress and self.is_main
         self.output = Path(config.output)
         self.input_hw = tuple(config.model.input_size)
         self.train_set, self.val_set = load_datasets(config)
@@ -113,10 +173,21 @@ class Trainer:
             raise ValueError("the distiller was built for another student model")
         self.distiller = distiller
         self.train_data = TorchDetectionDataset(self.train_set, self.input_hw, augment_config(config), config.optim.seed)
-        self.val_images = LetterboxedImages(self.val_set, self.input_hw)
-        self.loader = DataLoader(self.train_data, batch_size=config.optim.batch_size, shuffle=True,
-                                 collate_fn=collate_detections, drop_last=len(self.train_data) > config.optim.batch_size,
-                                 generator=torch.Generator().manual_seed(config.optim.seed))
+        self.val_images = LetterboxedImages(self.val_set, self.input_hw) if self.is_main else None
+        self.loader = self._make_loader()
+        self.step_module = TrainStep(self.model, distiller)
+        if self.dist.is_distributed:
+            # every rank starts from rank 0's weights (random init, adapters) before EMA copies them
+            distributed.broadcast_module_state(self.step_module)
+            self.loss_fn.global_normalizer = distributed.sum_over_ranks   # normalised by the global batch
+            # buffers (BatchNorm statistics) are not re-broadcast from rank 0 at every forward: they are
+            # computed over the global batch on every rank (synchronized_batchnorm)
+            no_buffer_sync = ({"forward_sync_buffers": False}
+                              if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                              else {"broadcast_buffers": False})
+            self.forward = DistributedDataParallel(self.step_module, **no_buffer_sync)
+        else:
+            self.forward = self.step_module
         self.optimizer = self._make_optimizer()
         self.ema = ModelEMA(self.model, max_decay=0.998, ramp=200.0) if config.optim.ema else None
         self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=0.5, patience=2)
@@ -126,6 +197,25 @@ class Trainer:
         self.best_map50 = -1.0
         self.best_epoch = -1
         self.evals_without_gain = 0
+
+    def _make_loader(self) -> DataLoader:
+        """Global batches of optim.batch_size images; under torchrun each rank loads its batch_size / world share."""
+        o, world = self.config.optim, self.dist.world_size
+        drop_last = len(self.train_data) > o.batch_size
+        generator = torch.Generator().manual_seed(o.seed)
+        if world == 1:
+            return DataLoader(self.train_data, batch_size=o.batch_size, shuffle=True, collate_fn=collate_detections,
+                              drop_last=drop_last, generator=generator)
+        if o.batch_size % world:
+            raise ConfigError(f"optim.batch_size {o.batch_size} must be divisible by the number of processes "
+                              f"({world}): each rank trains batch_size / {world} images per step")
+        if len(self.train_data) < world:
+            raise ConfigError(f"{len(self.train_data)} training images cannot be shared by {world} processes")
+        # Same sampler chain and generator as the single-process DataLoader (the loader draws its worker
+        # base seed from `generator` first, then the sampler its permutation): identical global batches.
+        batches = BatchSampler(RandomSampler(self.train_data, generator=generator), o.batch_size, drop_last)
+        return DataLoader(self.train_data, batch_sampler=RankBatches(batches, self.dist.rank, world),
+                          collate_fn=collate_detections, generator=generator)
 
     def _trainable_parameters(self) -> list[torch.nn.Parameter]:
         """The model's parameters plus the distiller's feature adapters."""
@@ -168,23 +258,43 @@ class Trainer:
         save_checkpoint(self.output / "last.pt", self.model, self.classes, self.input_hw, self._meta(), extra)
 
     def resume(self) -> bool:
-        """Continue from output/last.pt if it exists; returns whether it did."""
+        """Continue from output/last.pt if it exists; returns whether it did.
+
+        Under torchrun rank 0 reads the file and broadcasts its contents (the other ranks need no access to it).
+        """
+        state: dict[str, Any] | None = None
+        if self.is_main:
+            try:
+                state = self._read_last()
+            except ConfigError as exc:
+                state = {"error": str(exc)}
+        if self.dist.is_distributed:
+            state = distributed.broadcast_object(state)
+        if state is None:
+            return False
+        if "error" in state:
+            raise ConfigError(state["error"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema and state["ema"]:
+            self.ema.load_state_dict(state["ema"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_map50 = float(state["best_map50"])
+        self.best_epoch = int(state["best_epoch"])
+        self.evals_without_gain = int(state["evals_without_gain"])
+        self.history = [EpochRecord(**r) for r in json.loads(state["history"])]
+        return True
+
+    def _read_last(self) -> dict[str, Any] | None:
         path = self.output / "last.pt"
         if not path.is_file():
-            return False
+            return None
         ckpt = load_checkpoint(path)
         if ckpt.model.arch["widths"] != self.model.arch["widths"]:
             raise ConfigError(f"cannot resume from {path}: its architecture differs from the configured model")
-        self.model.load_state_dict(ckpt.model.state_dict())
-        self.optimizer.load_state_dict(ckpt.extra["optimizer"])
-        if self.ema and ckpt.extra.get("ema"):
-            self.ema.load_state_dict(ckpt.extra["ema"])
-        self.start_epoch = int(ckpt.extra["epoch"]) + 1
-        self.best_map50 = float(ckpt.extra["best_map50"])
-        self.best_epoch = int(ckpt.extra["best_epoch"])
-        self.evals_without_gain = int(ckpt.extra["evals_without_gain"])
-        self.history = [EpochRecord(**r) for r in json.loads(ckpt.extra["history"])]
-        return True
+        extra = ckpt.extra
+        return {"model": ckpt.model.state_dict(), "optimizer": extra["optimizer"], "ema": extra.get("ema") or {},
+                **{key: extra[key] for key in ("epoch", "best_map50", "best_epoch", "evals_without_gain", "history")}}
 
     # -- loop --------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> tuple[float, float, float, float, float]:
@@ -195,14 +305,22 @@ class Trainer:
         totals = np.zeros(5)
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.config.optim.epochs}", unit="batch",
                    disable=not self.progress, leave=False)
+        with distributed.synchronized_batchnorm(self.model) if self.dist.is_distributed else nullcontext():
+            totals = self._run_steps(epoch, bar, steps, totals)
+        means = totals / max(steps, 1)
+        if self.dist.is_distributed:
+            means = distributed.all_reduce_mean(torch.from_numpy(means)).numpy()   # history: all ranks' losses
+            distributed.average_buffers(self.model)   # already equal with synchronised BN; kept as a guarantee
+            if self.ema:
+                distributed.average_buffers(self.ema.model)
+        return tuple(float(v) for v in means)
+
+    def _run_steps(self, epoch: int, bar, steps: int, totals: np.ndarray) -> np.ndarray:
         for i, (images, targets, _) in enumerate(bar):
             lr = self.lr_at(epoch * steps + i, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            if self.distiller:
-                (cls_logits, distances), loss_distill = self.distiller.student_forward(images)
-            else:
-                (cls_logits, distances), loss_distill = self.model(images), torch.zeros(())
+            (cls_logits, distances), loss_distill = self.forward(images)   # DDP: gradients averaged over ranks
             loss, parts = self.loss_fn(cls_logits, distances, targets, self.input_hw)
             loss_sparsity = self.sparsity.penalty()
             loss = loss + loss_sparsity + loss_distill
@@ -216,10 +334,11 @@ class Trainer:
                 self.ema.update(self.model)
             totals += (float(loss.detach()), parts["cls"], parts["box"], float(loss_sparsity.detach()), float(loss_distill.detach()))
             bar.set_postfix(loss=f"{totals[0] / (i + 1):.3f}", lr=f"{lr:.2e}")
-        return tuple(totals / max(steps, 1))
+        return totals
 
     def fit(self, resume: bool = False) -> TrainResult:
-        self.output.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
         if resume and self.resume() and self.progress:
             tqdm.write(f"resumed from {self.output / 'last.pt'} at epoch {self.start_epoch + 1}")
         o = self.config.optim
@@ -230,14 +349,15 @@ class Trainer:
             loss, loss_cls, loss_box, loss_sparsity, loss_distill = self.train_epoch(epoch)
             result = None
             if (epoch + 1) % o.eval_interval == 0 or epoch + 1 == o.epochs:
-                result = evaluate_model(self.eval_model, self.val_images, self.val_set)
+                result = self._evaluate(self.eval_model)
                 self._after_eval(epoch, result)
             record = EpochRecord(epoch + 1, self.optimizer.param_groups[0]["lr"], loss, loss_cls, loss_box,
                                  result.map50 if result else None, result.map50_95 if result else None,
                                  round(time.monotonic() - epoch_start, 2), loss_sparsity, loss_distill)
             self.history.append(record)
-            self.save_last(epoch)
-            self.write_history()
+            if self.is_main:
+                self.save_last(epoch)
+                self.write_history()
             if self.progress:
                 shown = f" val mAP50 {record.mAP50:.3f} mAP50-95 {record.mAP50_95:.3f}" if result else ""
                 tqdm.write(f"epoch {epoch + 1}/{o.epochs} loss {loss:.3f} (cls {loss_cls:.3f} box {loss_box:.3f})"
@@ -245,21 +365,34 @@ class Trainer:
             if self.evals_without_gain >= o.patience:
                 stopped_early = True
                 break
-            if o.time_limit_min is not None and time.monotonic() - started > o.time_limit_min * 60:
+            over_time = o.time_limit_min is not None and time.monotonic() - started > o.time_limit_min * 60
+            if self.dist.is_distributed:
+                over_time = distributed.broadcast_object(over_time)   # rank 0's clock decides for all
+            if over_time:
                 stopped_early = True
                 break
-        best = load_checkpoint(self.output / "best.pt")
-        best_map = evaluate_model(best.model, self.val_images, self.val_set)
-        (self.output / "eval_best.json").write_text(json.dumps(best_map.as_dict(), indent=2))
-        self.write_plot()
+        best_map = None
+        if self.is_main:
+            best = load_checkpoint(self.output / "best.pt")
+            best_map = evaluate_model(best.model, self.val_images, self.val_set)
+            (self.output / "eval_best.json").write_text(json.dumps(best_map.as_dict(), indent=2))
+            self.write_plot()
+        if self.dist.is_distributed:
+            best_map = distributed.broadcast_object(best_map)
         return TrainResult(self.output / "best.pt", self.best_epoch, best_map, self.history, stopped_early)
+
+    def _evaluate(self, model: Detector) -> MapResult:
+        """Val mAP on rank 0, broadcast to every rank (they all take the same best / early-stop decisions)."""
+        result = evaluate_model(model, self.val_images, self.val_set) if self.is_main else None
+        return distributed.broadcast_object(result) if self.dist.is_distributed else result
 
     def _after_eval(self, epoch: int, result: MapResult) -> None:
         if self.plateau:
             self.plateau.step(result.map50)
         if result.map50 > self.best_map50:
             self.best_map50, self.best_epoch, self.evals_without_gain = result.map50, epoch + 1, 0
-            save_checkpoint(self.output / "best.pt", self.eval_model, self.classes, self.input_hw, self._meta())
+            if self.is_main:
+                save_checkpoint(self.output / "best.pt", self.eval_model, self.classes, self.input_hw, self._meta())
         else:
             self.evals_without_gain += 1
 

@@ -1,0 +1,251 @@
+"""Scale-out wall times on this machine: sensitivity sweep serial vs Dask, fine-tune epoch 1 vs N torchrun ranks.
+
+1. Sensitivity sweep (every prunable layer group x `--ratios`, `--val-images` val images, a random-init
+   `nano` detector: accuracy does not matter, the work does): serially in this process (torch on all
+   usable cores) against a loopback LocalCluster of `--workers` processes x 1 thread. The Dask time is
+   reported without and with the cluster start-up (what one `sensitivity --workers N` call pays).
+2. One fine-tuning epoch (`--train-images` images, batch `--batch-size`, `--input-size`): the Trainer
+   under `torchrun --nproc_per_node=1` (one process, torch on all usable cores) against
+   `--nproc_per_node=N` (N DDP ranks over gloo on 127.0.0.1, cores // N threads each). Timed inside the
+   job around `train_epoch` only (no evaluation, no process start-up), the best of `--epochs` epochs
+   after one warm-up epoch.
+
+The two runs of each pair alternate `--repeats` times; medians are reported. Both sides use all the
+usable cores, so the ratio is what fanning out buys over the single-process code at equal hardware.
+The machine is shared: the load average is printed before and after.
+
+    .venv/bin/python bench/scaleout.py -o runs/bench_scaleout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EPOCH_SCRIPT = r'''
+import json, sys, time
+import torch
+import torch.distributed as dist
+from prune_perception.config import TrainConfig, load_config
+from prune_perception.training import distributed
+from prune_perception.training.trainer import Trainer
+
+data, out, epochs, batch, height, width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+ctx = distributed.init_distributed()
+config = load_config(TrainConfig, None, [f"data.train={data}", f"data.val={data}", f"output={out}/train",
+                                         f"model.input_size=[{height}, {width}]", f"optim.batch_size={batch}",
+                                         f"optim.epochs={epochs + 1}", "optim.warmup_epochs=0.5"])
+torch.manual_seed(0)
+trainer = Trainer(config, progress=False)
+times = []
+for epoch in range(epochs + 1):          # epoch 0: warm-up (allocations, caches)
+    distributed.barrier()
+    started = time.perf_counter()
+    trainer.train_epoch(epoch)
+    distributed.barrier()
+    times.append(time.perf_counter() - started)
+if ctx.is_main:
+    Path = __import__("pathlib").Path
+    Path(out, "epoch.json").write_text(json.dumps({"world_size": ctx.world_size, "threads": torch.get_num_threads(),
+                                                   "steps": len(trainer.loader), "epoch_seconds": times[1:]}))
+distributed.shutdown_distributed()
+'''
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import dask
+    import distributed
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "dask": dask.__version__, "distributed": distributed.__version__}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_data(args: argparse.Namespace, work: Path) -> Path:
+    from prune_perception.data.synth import SynthConfig, generate_dataset
+
+    if args.data:
+        return Path(args.data)
+    root = work / "synth"
+    total = round(args.train_images / 0.8)
+    generate_dataset(root, SynthConfig(num_images=total, width=640, height=360, val_fraction=0.2, seed=7, workers=2),
+                     progress=False)
+    return root
+
+
+def make_checkpoint(data: Path, input_hw: tuple[int, int], work: Path) -> Path:
+    import torch
+
+    from prune_perception.data.dataset import load_dataset
+    from prune_perception.models.arch import default_arch
+    from prune_perception.models.checkpoint import save_checkpoint
+    from prune_perception.models.detector import Detector
+
+    torch.manual_seed(0)
+    classes = load_dataset(str(data), "train").classes
+    path = work / "dense.pt"
+    save_checkpoint(path, Detector(default_arch("nano", len(classes))).eval(), classes, input_hw)
+    return path
+
+
+def bench_sensitivity(args: argparse.Namespace, data: Path, checkpoint: Path, work: Path) -> dict:
+    import torch
+    from distributed import Client
+
+    from prune_perception.pruning.sensitivity import run_sensitivity
+    from prune_perception.scaleout.runner import FanOutSettings, local_cluster
+    from prune_perception.scaleout.sensitivity import DaskSensitivity
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    common = dict(ratios=tuple(args.ratios), method="l1", val_images=args.val_images, progress=False)
+    serial, fanned, startup, points = [], [], [], 0
+    for repeat in range(args.repeats):
+        started = time.perf_counter()
+        _, result = run_sensitivity(checkpoint, str(data), work / f"sens_serial{repeat}", **common)
+        serial.append(time.perf_counter() - started)
+        points = len(result)
+
+        started = time.perf_counter()
+        cluster = local_cluster(args.workers)   # 127.0.0.1 only, no dashboard, 1 thread per worker
+        with Client(cluster) as client:
+            client.wait_for_workers(args.workers)
+        startup.append(time.perf_counter() - started)
+        try:
+            fan_out = DaskSensitivity(FanOutSettings(scheduler=cluster.scheduler_address, progress=False))
+            started = time.perf_counter()
+            _, fanned_points = run_sensitivity(checkpoint, str(data), work / f"sens_dask{repeat}", fan_out=fan_out,
+                                               **common)
+            fanned.append(time.perf_counter() - started)
+        finally:
+            cluster.close()
+        same = [(p.group, p.ratio, p.mAP50, p.macs) for p in fanned_points] == \
+            [(p.group, p.ratio, p.mAP50, p.macs) for p in result]
+        print(f"sensitivity repeat {repeat + 1}: serial {serial[-1]:.1f} s, dask x{args.workers} {fanned[-1]:.1f} s "
+              f"(+{startup[-1]:.1f} s start-up), {points} points, same table: {same}", flush=True)
+    s, d, u = statistics.median(serial), statistics.median(fanned), statistics.median(startup)
+    return {"points": points, "val_images": args.val_images, "workers": args.workers,
+            "serial_threads": len(os.sched_getaffinity(0)), "serial_s": serial, "dask_s": fanned,
+            "dask_startup_s": startup, "serial_median_s": round(s, 2), "dask_median_s": round(d, 2),
+            "dask_startup_median_s": round(u, 2), "speedup": round(s / d, 3),
+            "speedup_with_startup": round(s / (d + u), 3)}
+
+
+def run_epochs(args: argparse.Namespace, data: Path, nproc: int, work: Path) -> dict:
+    script = work / "epoch_script.py"
+    script.write_text(EPOCH_SCRIPT)
+    out = work / f"epoch_n{nproc}_{time.monotonic_ns()}"
+    out.mkdir()
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(ROOT))
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):
+        env.pop(name, None)
+    height, width = args.input_size
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), str(data), str(out),
+               str(args.epochs), str(args.batch_size), str(height), str(width)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun x{nproc} failed:\n{done.stderr[-4000:]}")
+    return json.loads((out / "epoch.json").read_text())
+
+
+def bench_epoch(args: argparse.Namespace, data: Path, work: Path) -> dict:
+    one, many = [], []
+    info = {}
+    for repeat in range(args.repeats):
+        for nproc, times in ((1, one), (args.nproc, many)):
+            result = run_epochs(args, data, nproc, work)
+            times.append(min(result["epoch_seconds"]))
+            info[nproc] = result
+        print(f"fine-tune epoch repeat {repeat + 1}: 1 process {one[-1]:.2f} s, {args.nproc} processes "
+              f"{many[-1]:.2f} s ({info[1]['steps']} steps of {args.batch_size} images)", flush=True)
+    a, b = statistics.median(one), statistics.median(many)
+    return {"train_images": info[1]["steps"] * args.batch_size, "batch_size": args.batch_size,
+            "input_size": args.input_size, "steps": info[1]["steps"], "nproc": args.nproc,
+            "threads_1": info[1]["threads"], f"threads_per_rank_{args.nproc}": info[args.nproc]["threads"],
+            "epoch_1proc_s": one, f"epoch_{args.nproc}proc_s": many, "epoch_1proc_median_s": round(a, 3),
+            f"epoch_{args.nproc}proc_median_s": round(b, 3), "speedup": round(a / b, 3)}
+
+
+def markdown(result: dict) -> str:
+    s, e = result["sensitivity"], result["epoch"]
+    n = e["nproc"]
+    return "\n".join([
+        "| benchmark | single process | fanned out | ratio (single / fanned) |", "|---|---|---|---|",
+        f"| sensitivity sweep, {s['points']} points x {s['val_images']} images | {s['serial_median_s']:.1f} s "
+        f"({s['serial_threads']} threads) | {s['dask_median_s']:.1f} s (Dask, {s['workers']} workers x 1 thread; "
+        f"+{s['dask_startup_median_s']:.1f} s cluster start) | {s['speedup']:.2f}x ({s['speedup_with_startup']:.2f}x "
+        "with start-up) |",
+        f"| fine-tune epoch, {e['steps']} steps x {e['batch_size']} images at {e['input_size'][0]}x{e['input_size'][1]} "
+        f"| {e['epoch_1proc_median_s']:.2f} s (1 process, {e['threads_1']} threads) | "
+        f"{e[f'epoch_{n}proc_median_s']:.2f} s (torchrun x{n}, gloo, {e[f'threads_per_rank_{n}']} thread(s)/rank) | "
+        f"{e['speedup']:.2f}x |"]) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="dataset (default: a synthetic one generated under the output folder)")
+    parser.add_argument("--train-images", type=int, default=128, help="synthetic train images (default 128)")
+    parser.add_argument("--input-size", type=int, nargs=2, default=[224, 384], metavar=("H", "W"))
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per run (after one warm-up epoch)")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5])
+    parser.add_argument("--val-images", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2, help="Dask workers")
+    parser.add_argument("--nproc", type=int, default=2, help="torchrun processes")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", choices=["sensitivity", "epoch"])
+    parser.add_argument("-o", "--output", default="runs/bench_scaleout")
+    args = parser.parse_args()
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    result = {"machine": machine(), "load_average_before": load_average()}
+    print(json.dumps(result, indent=2), flush=True)
+    with tempfile.TemporaryDirectory(dir=output) as scratch:
+        work = Path(scratch)
+        data = make_data(args, work)
+        if args.only in (None, "sensitivity"):
+            checkpoint = make_checkpoint(data, tuple(args.input_size), work)
+            result["sensitivity"] = bench_sensitivity(args, data, checkpoint, work)
+        if args.only in (None, "epoch"):
+            result["epoch"] = bench_epoch(args, data, work)
+    result["load_average_after"] = load_average()
+    (output / "scaleout.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    if "sensitivity" in result and "epoch" in result:
+        table = markdown(result)
+        (output / "scaleout.md").write_text(table)
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
