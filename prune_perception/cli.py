@@ -22,9 +22,8 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from prune_perception.config import TrainConfig, load_config
-    from prune_perception.training.trainer import Trainer
-
     from prune_perception.training import distributed
+    from prune_perception.training.trainer import Trainer
 
     config = load_config(TrainConfig, args.config, args.set)
     if args.output:
@@ -324,14 +323,6 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    return width, height
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prune-perception", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -453,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole story on synthetic data: synth, train, prune to a budget, "
                                        "export, bag, replay dense and pruned, compare; reuses finished stages")
-    from prune_perception.demo import add_demo_arguments  # light: the demo imports its stages lazily
+    from prune_perception.demo import add_demo_arguments, size_argument  # light: stages are imported lazily
 
     add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
@@ -470,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--camera", metavar="SOURCE", help="also publish frames: 'synthetic', a video or a folder")
     node.add_argument("--camera-fps", type=float, default=10.0)
     node.add_argument("--camera-count", type=int, default=0, help="frames to publish (0: until stopped)")
-    node.add_argument("--camera-size", type=_size, metavar="WxH", help="synthetic frame size (default 640x480)")
+    node.add_argument("--camera-size", type=size_argument, metavar="WxH",
+                      help="synthetic frame size (default 640x480)")
     node.add_argument("--fastdds-profile", metavar="XML", help="Fast DDS profile (default: the shipped "
                       "shared-memory profile, unless FASTDDS_DEFAULT_PROFILES_FILE is set)")
     node.add_argument("--no-fastdds-profile", action="store_true", help="leave the DDS configuration alone")

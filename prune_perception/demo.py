@@ -40,7 +40,7 @@ def _stage(name: str) -> None:
     print(f"\n== {name} ==", flush=True)
 
 
-def _size(text: str) -> tuple[int, int]:
+def size_argument(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -53,8 +53,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default=DEFAULT_OUTPUT)
     parser.add_argument("-n", "--num-images", type=int, default=DEFAULT_NUM_IMAGES,
                         help=f"synthetic scenes, 80 %% train / 20 %% val (default {DEFAULT_NUM_IMAGES})")
-    parser.add_argument("--image-size", type=_size, metavar="WxH", help="synthetic image size (default 640x360)")
-    parser.add_argument("--input-size", type=_size, metavar="WxH",
+    parser.add_argument("--image-size", type=size_argument, metavar="WxH", help="synthetic image size (default 640x360)")
+    parser.add_argument("--input-size", type=size_argument, metavar="WxH",
                         help="network input, multiples of 32 (default 384x224, config/train_synth.yaml)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: config/train_synth.yaml)")
     parser.add_argument("--finetune-epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS,
