@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from prune_perception.evaluation.plots import pyplot, save_figure
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROFILE = REPO / "config" / "fastdds_shm_localhost.xml"
 NAMESPACE = "/bench"
@@ -602,9 +604,7 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     entries = [(short, result[key]["samples_ms"]) for key, _, short in ROWS
                if result.get(key) and result[key].get("samples_ms")]
@@ -614,9 +614,7 @@ def plot(result: dict, path: Path) -> Path:
         ax.set_xticks(np.arange(1, len(entries) + 1), [name for name, _ in entries], rotation=15)
     ax.set(ylabel="ms", title="Latency (box: p25-p75, whiskers: p1-p99)")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path
 
 
@@ -675,6 +673,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def prepare_bench_process(domain_id: int, profile: Path | None, output: Path) -> Path:
+    """Before this process starts rclpy: ROS environment, the output folder (absolute, created) holding the ROS
+    logs, and SIGTERM turned into an exit so that `finally` blocks stop the child processes."""
+    os.environ.update(ros_environment(domain_id, profile))
+    output = output.resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("ROS_LOG_DIR", str(output / "ros_log"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    return output
+
+
+def bench_model(model_arg: str | None, tmp: Path, program: str) -> Path | None:
+    """--model as an absolute path (None and one line on stderr when missing), else a random nano exported to tmp."""
+    model = Path(model_arg).resolve() if model_arg else export_random_nano(tmp)
+    if not model.is_file():
+        print(f"{program}: error: model not found: {model}", file=sys.stderr)
+        return None
+    return model
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--echo-node"]:
@@ -685,19 +703,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"node_bench: error: Fast DDS profile not found: {profile} (use --fastdds-profile or --no-shm)",
               file=sys.stderr)
         return 2
-    os.environ.update(ros_environment(args.domain_id, profile))   # before this process starts rclpy
+    output = prepare_bench_process(args.domain_id, profile, Path(args.output))
     if profile is None:
         os.environ.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
-    os.environ.setdefault("ROS_LOG_DIR", str(Path(args.output).resolve() / "ros_log"))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))         # run the finally blocks on SIGTERM too
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
     children: list[Child] = []
     with tempfile.TemporaryDirectory(prefix="node_bench_") as tmp:
         try:
-            model = Path(args.model).resolve() if args.model else export_random_nano(Path(tmp))
-            if not model.is_file():
-                print(f"node_bench: error: model not found: {model}", file=sys.stderr)
+            model = bench_model(args.model, Path(tmp), "node_bench")
+            if model is None:
                 return 2
             source = "--model" if args.model else "random-initialised nano detector, exported to a temporary file"
             result = run(args, set(args.parts.split(",")), model, profile, output, children, source)

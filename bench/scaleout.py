@@ -68,18 +68,13 @@ def load_average() -> list[float]:
 
 
 def machine() -> dict:
-    import torch
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import dask
     import distributed
+    import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
+    from prune_perception.machine import cpu_model
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "dask": dask.__version__, "distributed": distributed.__version__}
 

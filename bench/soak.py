@@ -22,11 +22,11 @@ summary.md and soak.png (memory and latency over time) to --output.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -36,8 +36,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from node_bench import (DEFAULT_PROFILE, NAMESPACE, NODE_DETECTIONS_TOPIC, NODE_IMAGE_TOPIC, NODE_NAME,  # noqa: E402
-                        START_TIMEOUT_S, Client, Child, _detections_type, bench_frame, counts, export_random_nano,
-                        json_safe, pin_process, ros_environment, split_cores, start_node)
+                        START_TIMEOUT_S, Child, Client, _detections_type, bench_frame, bench_model, counts, json_safe,
+                        pin_process, prepare_bench_process, split_cores, start_node)
+from prune_perception.evaluation.plots import pyplot, save_figure  # noqa: E402
 
 GOAL_RSS_GROWTH_PCT = 5.0
 GOAL_P99_OVER_P50 = 2.0
@@ -302,11 +303,7 @@ def run(args, model: Path, model_b: Path, output: Path, children: list[Child]) -
 
 
 def _has_psutil() -> bool:
-    try:
-        import psutil  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("psutil") is not None
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -362,9 +359,7 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     series = result["series"]
     t = np.asarray(series["t_s"], dtype=float)
@@ -387,9 +382,7 @@ def plot(result: dict, path: Path) -> Path:
         axis.grid(alpha=0.3)
     latency.plot([], [], color="orange", alpha=0.6, label="hot swap")
     latency.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path
 
 
@@ -419,17 +412,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.update(ros_environment(args.domain_id, DEFAULT_PROFILE))   # before this process starts rclpy
-    output = Path(args.output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("ROS_LOG_DIR", str(output / "ros_log"))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))               # run the finally blocks on SIGTERM too
+    output = prepare_bench_process(args.domain_id, DEFAULT_PROFILE, Path(args.output))
     children: list[Child] = []
     with tempfile.TemporaryDirectory(prefix="soak_") as tmp:
         try:
-            model = Path(args.model).resolve() if args.model else export_random_nano(Path(tmp))
-            if not model.is_file():
-                print(f"soak: error: model not found: {model}", file=sys.stderr)
+            model = bench_model(args.model, Path(tmp), "soak")
+            if model is None:
                 return 2
             result = run(args, model, second_model(model, Path(tmp)), output, children)
         finally:

@@ -28,8 +28,9 @@ from typing import Any
 DEFAULT_OUTPUT = "runs/demo"
 DEFAULT_NUM_IMAGES = 1000
 DEFAULT_BUDGET = 3.0                    # mAP50 points the pruned model may lose
-DEFAULT_RATIOS = (0.3, 0.4, 0.5)        # candidate pruning ratios, tried in ascending order
-DEFAULT_FINETUNE_EPOCHS = 4             # per candidate
+DEFAULT_RATIOS = (0.2, 0.3, 0.4)        # candidate pruning ratios, tried in ascending order
+DEFAULT_FINETUNE_EPOCHS = 6             # per candidate
+BENCH_RUNS = 300                        # round-robin inference timings of dense and pruned (1 ONNX Runtime thread)
 DEFAULT_FPS = 10.0                      # evaluation bag frame rate
 DEFAULT_RATE = 1.0                      # replay speed (1 = real time)
 FOUNDATION_MAP50 = 0.60                 # the dense model's val mAP50 bar
@@ -237,14 +238,31 @@ def _map50(result) -> float:
     return result.map.map50 if result.map else float("nan")
 
 
-def summary_lines(map50: tuple[float, float], macs: tuple[int, int], latency_ms: tuple[float, float]) -> list[str]:
-    """The three lines: dense vs pruned mAP50, MACs and p50 latency."""
-    (dense_map, pruned_map), (dense_macs, pruned_macs), (dense_ms, pruned_ms) = map50, macs, latency_ms
+def summary_lines(map50: tuple[float, float], macs: tuple[int, int], inference_ms: tuple[float, float],
+                  node_ms: tuple[float, float]) -> list[str]:
+    """The three lines: dense vs pruned mAP50, MACs, and p50 latency (model inference; the node end to end)."""
+    (dense_map, pruned_map), (dense_macs, pruned_macs) = map50, macs
+    (dense_ms, pruned_ms), (dense_node_ms, pruned_node_ms) = inference_ms, node_ms
     speedup = dense_ms / pruned_ms if pruned_ms > 0 else float("nan")
     return [f"mAP50   dense {dense_map:.3f}  pruned {pruned_map:.3f}  ({(pruned_map - dense_map) * 100:+.1f} points)",
             f"MACs    dense {dense_macs / 1e6:.0f} M  pruned {pruned_macs / 1e6:.0f} M  "
             f"({(pruned_macs / dense_macs - 1) * 100:+.0f} %)",
-            f"latency dense {dense_ms:.1f} ms  pruned {pruned_ms:.1f} ms p50 ({speedup:.1f}x)"]
+            f"latency dense {dense_ms:.1f} ms  pruned {pruned_ms:.1f} ms inference p50 ({speedup:.2f}x); "
+            f"node end to end {dense_node_ms:.1f} / {pruned_node_ms:.1f} ms"]
+
+
+def _bench(data_dir: Path, models: dict[str, Path], bench_dir: Path, progress: bool) -> dict:
+    """Dense and pruned timed round-robin through the runtime engine on val images (1 thread, like the node)."""
+    from prune_perception.evaluation.bench import BenchSettings, bench_images, run_bench, write_bench
+
+    settings = BenchSettings(threads=1, runs=BENCH_RUNS)
+    results, machine = run_bench(list(models.values()), bench_images(str(data_dir), "val", 50), settings, progress)
+    write_bench(results, machine, settings, bench_dir)
+    timed = dict(zip(models, results))
+    for name, result in timed.items():
+        print(f"{name}: inference p50 {result.stages['inference'].p50:.2f} ms, "
+              f"p99 {result.stages['inference'].p99:.2f} ms (engine total p50 {result.stages['total'].p50:.2f} ms)")
+    return timed
 
 
 # --- the demo ---------------------------------------------------------------------------------
@@ -303,9 +321,11 @@ def run_demo(output: Path, num_images: int = DEFAULT_NUM_IMAGES, epochs: int | N
 
     written = write_compare_report([replays["dense"], replays["pruned"]], compare_dir)
     report = next(p for p in written if p.suffix == ".html")
+    timed = _bench(data_dir, models, compare_dir / "bench", progress)
     costs = {name: onnx_graph_cost(path) for name, path in models.items()}
     lines = summary_lines((_map50(replays["dense"]), _map50(replays["pruned"])),
                           (costs["dense"].macs, costs["pruned"].macs),
+                          (timed["dense"].stages["inference"].p50, timed["pruned"].stages["inference"].p50),
                           (replays["dense"].latency.p50, replays["pruned"].latency.p50))
     finish("compare")
 
@@ -321,6 +341,7 @@ def run_demo(output: Path, num_images: int = DEFAULT_NUM_IMAGES, epochs: int | N
         "bag": str(bag),
         "replay": {name: r.as_dict() for name, r in replays.items()},
         "offline": {name: r.as_dict() for name, r in offline.items()},
+        "bench": {name: r.as_dict() for name, r in timed.items()},
         "stage_seconds": timings, "wall_time_s": round(time.monotonic() - started, 1)}
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 

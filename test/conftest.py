@@ -41,6 +41,23 @@ def tiny_synth(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def random_checkpoint(tiny_synth, tmp_path_factory):
+    """A random-init nano detector for ``tiny_synth``'s classes at 96x160 (mAP is not the point where it is used)."""
+    import torch
+
+    from prune_perception.data.dataset import load_dataset
+    from prune_perception.models.arch import default_arch
+    from prune_perception.models.checkpoint import save_checkpoint
+    from prune_perception.models.detector import Detector
+
+    torch.manual_seed(0)
+    classes = load_dataset(str(tiny_synth), "train").classes
+    path = tmp_path_factory.mktemp("random_dense") / "dense.pt"
+    save_checkpoint(path, Detector(default_arch("nano", len(classes))).eval(), classes, (96, 160))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_train_config(tiny_synth, tmp_path_factory):
     """A TrainConfig small enough to run a few epochs in seconds."""
     from prune_perception.config import TrainConfig, load_config

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 import torch
@@ -91,20 +90,6 @@ def test_dask_tasks_keep_order_and_failures_are_reported(cluster):
 
 
 # -------------------------------------------------------------------------------- sensitivity
-@pytest.fixture(scope="module")
-def random_checkpoint(tiny_synth, tmp_path_factory):
-    from prune_perception.data.dataset import load_dataset
-    from prune_perception.models.arch import default_arch
-    from prune_perception.models.checkpoint import save_checkpoint
-    from prune_perception.models.detector import Detector
-
-    torch.manual_seed(0)
-    classes = load_dataset(str(tiny_synth), "train").classes
-    path = tmp_path_factory.mktemp("dense") / "dense.pt"
-    save_checkpoint(path, Detector(default_arch("nano", len(classes))).eval(), classes, INPUT_HW)
-    return path
-
-
 def _points(points):
     return [{k: v for k, v in asdict(p).items() if k != "seconds"} for p in points]
 

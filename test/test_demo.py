@@ -25,16 +25,16 @@ def _demo(output: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]
 
 
 def test_summary_lines_format():
-    lines = summary_lines((0.848, 0.835), (524_000_000, 251_000_000), (13.0, 6.1))
+    lines = summary_lines((0.848, 0.835), (524_000_000, 251_000_000), (13.0, 6.1), (19.04, 12.0))
     assert lines == ["mAP50   dense 0.848  pruned 0.835  (-1.3 points)",
                      "MACs    dense 524 M  pruned 251 M  (-52 %)",
-                     "latency dense 13.0 ms  pruned 6.1 ms p50 (2.1x)"]
+                     "latency dense 13.0 ms  pruned 6.1 ms inference p50 (2.13x); node end to end 19.0 / 12.0 ms"]
 
 
 def test_demo_options_and_defaults():
     args = build_parser().parse_args(["demo"])
     assert (args.output, args.num_images, args.epochs, args.finetune_epochs, args.budget, args.ratios, args.rate) == (
-        "runs/demo", 1000, None, 4, 3.0, [0.3, 0.4, 0.5], 1.0)
+        "runs/demo", 1000, None, 6, 3.0, [0.2, 0.3, 0.4], 1.0)
     args = build_parser().parse_args(["demo", "--image-size", "320x192", "--input-size", "192x128"])
     assert (args.image_size, args.input_size) == ((320, 192), (192, 128))
     with pytest.raises(SystemExit):

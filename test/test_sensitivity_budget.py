@@ -3,14 +3,12 @@
 import json
 
 import pytest
-import torch
 
 from prune_perception.cli import main
 from prune_perception.config import PruneConfig, load_config
-from prune_perception.data.dataset import load_dataset
 from prune_perception.errors import ConfigError
 from prune_perception.models.arch import default_arch
-from prune_perception.models.checkpoint import load_checkpoint, save_checkpoint
+from prune_perception.models.checkpoint import load_checkpoint
 from prune_perception.models.detector import Detector, model_widths
 from prune_perception.pruning.budget import run_budget_pruning, search_budget, validate_budget_settings
 from prune_perception.pruning.importance import make_importance
@@ -18,16 +16,6 @@ from prune_perception.pruning.sensitivity import run_sensitivity, select_groups
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner, prunable_groups
 
 INPUT_HW = (96, 160)
-
-
-@pytest.fixture(scope="module")
-def random_checkpoint(tiny_synth, tmp_path_factory):
-    """A random-init nano detector for the tiny dataset's classes (mAP is not the point here)."""
-    torch.manual_seed(0)
-    classes = load_dataset(str(tiny_synth), "train").classes
-    path = tmp_path_factory.mktemp("dense") / "dense.pt"
-    save_checkpoint(path, Detector(default_arch("nano", len(classes))).eval(), classes, INPUT_HW)
-    return path
 
 
 def stub_evaluation(map50_at):

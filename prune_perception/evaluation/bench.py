@@ -22,6 +22,8 @@ from tqdm import tqdm
 from prune_perception.errors import ConfigError
 from prune_perception.runtime.latency_stats import LatencyStats
 from prune_perception.evaluation.onnx_cost import onnx_graph_cost
+from prune_perception.evaluation.plots import pyplot, save_figure
+from prune_perception.machine import cpu_model
 from prune_perception.runtime.engine import DetectorEngine
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "total")
@@ -66,13 +68,7 @@ class ModelBench:
 
 
 def machine_info(settings: BenchSettings) -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
             "platform": platform.platform(), "python": platform.python_version(),
             "onnxruntime": ort.__version__, "available_providers": ort.get_available_providers(),
             "opencv": cv2.__version__, "numpy": np.__version__, "ort_threads": settings.threads}
@@ -161,9 +157,7 @@ def bench_markdown(results: list[ModelBench], machine: dict, settings: BenchSett
 
 
 def bench_plot(results: list[ModelBench], samples_path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_stages, ax_dist) = plt.subplots(1, 2, figsize=(12, 4.5))
     names = [r.name for r in results]
@@ -178,9 +172,7 @@ def bench_plot(results: list[ModelBench], samples_path: Path) -> Path:
     ax_dist.boxplot([r.inference_ms for r in results], whis=(1, 99), showfliers=False)
     ax_dist.set_xticks(np.arange(1, len(results) + 1), names, rotation=20)
     ax_dist.set(ylabel="ms", title="Inference latency (box: p25-p75, whiskers: p1-p99)")
-    fig.tight_layout()
-    fig.savefig(samples_path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, samples_path, dpi=100)
     return samples_path
 
 

@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 
 from prune_perception.evaluation.bag_eval import BagEvaluation
-from prune_perception.evaluation.html_report import pyplot, write_report_pages
+from prune_perception.evaluation.html_report import write_report_pages
+from prune_perception.evaluation.plots import pyplot, save_figure
 from prune_perception.evaluation.onnx_cost import onnx_graph_cost
 
 
@@ -55,9 +56,7 @@ def latency_histogram(results: list[BagEvaluation], path: Path) -> Path:
     axis.set(xlabel="latency per frame (ms)", ylabel="frames", title="Latency per frame")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
     return path
 
 
@@ -71,9 +70,7 @@ def map_vs_latency(results: list[BagEvaluation], path: Path) -> Path:
                           xytext=(5, 5), textcoords="offset points")
     axis.set(xlabel="latency p50 (ms)", ylabel="mAP50", title="mAP50 vs latency")
     axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
     return path
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from prune_perception.errors import ConfigError
 from prune_perception.models.arch import default_arch
 from prune_perception.models.checkpoint import load_checkpoint
+from prune_perception.evaluation.plots import pyplot, save_figure
 from prune_perception.pruning.sensitivity import SensitivityPoint, sensitivity_plot
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -118,14 +119,6 @@ def summary_rows(runs: list[PruningRun]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def pyplot():
-    """matplotlib.pyplot with the file-only Agg backend."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def pareto_plot(runs: list[PruningRun], path: Path) -> Path:
     """Every step of every run as a point in (MACs, mAP50); the Pareto front as a line; dense starred."""
     plt = pyplot()
@@ -150,9 +143,7 @@ def pareto_plot(runs: list[PruningRun], path: Path) -> Path:
     axis.set(xlabel="MACs (M)", ylabel="val mAP50", title="mAP50 vs MACs, all steps of all runs")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
     return path
 
 
@@ -172,9 +163,7 @@ def latency_plot(runs: list[PruningRun], path: Path) -> Path:
              title="mAP50 vs measured latency")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
     return path
 
 
@@ -191,9 +180,7 @@ def widths_plot(runs: list[PruningRun], path: Path) -> Path:
     axis.set_xticks([x + bar * len(runs) / 2 for x in positions], layers, rotation=90, fontsize=7)
     axis.set(ylabel="output channels", title="Kept channels per layer")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
     return path
 
 

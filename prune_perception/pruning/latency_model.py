@@ -25,7 +25,6 @@ import hashlib
 import itertools
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -45,6 +44,7 @@ from prune_perception.export.onnx_export import (ExportableDetector, slim_model,
 from prune_perception.models.detector import Detector, spec_layers
 from prune_perception.runtime.engine import DetectorEngine
 from prune_perception.runtime.latency_stats import LatencyStats
+from prune_perception.machine import cpu_model
 
 LATENCY_DEVICES = ("cpu", "cuda")
 FEATURES = ("constant", "GMACs", "M activations")
@@ -270,13 +270,7 @@ class LatencyModel:
 
 
 def machine_fingerprint() -> str:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}|{os.cpu_count()}|{len(os.sched_getaffinity(0))}|onnxruntime {ort.__version__}"
+    return f"{cpu_model()}|{os.cpu_count()}|{len(os.sched_getaffinity(0))}|onnxruntime {ort.__version__}"
 
 
 def export_candidate(arch: dict, classes: Sequence[str], input_hw: tuple[int, int], path: Path,

@@ -27,6 +27,7 @@ from prune_perception.models.cost import model_cost
 from prune_perception.models.detector import Detector
 from prune_perception.models.inference import LetterboxedImages, evaluate_model
 from prune_perception.pruning.importance import IMPORTANCE_CRITERIA, make_importance
+from prune_perception.evaluation.plots import pyplot, save_figure
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner, prunable_groups
 
 SENSITIVITY_METHODS = tuple(m for m in IMPORTANCE_CRITERIA if m != "taylor")  # taylor needs loss gradients
@@ -139,9 +140,7 @@ def sensitivity_markdown(dense: SensitivityPoint, points: list[SensitivityPoint]
 
 def sensitivity_plot(dense: SensitivityPoint, points: list[SensitivityPoint], path: Path) -> Path:
     """One curve per layer group: mAP50 against ratio, starting from the dense model at 0."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     by_group: dict[str, list[SensitivityPoint]] = {}
     for p in points:
@@ -155,7 +154,5 @@ def sensitivity_plot(dense: SensitivityPoint, points: list[SensitivityPoint], pa
     axis.set_title("Sensitivity: one layer group pruned at a time")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=6, ncol=2, loc="lower left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
     return path

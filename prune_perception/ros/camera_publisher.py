@@ -27,7 +27,7 @@ from std_msgs.msg import Header
 
 from prune_perception.errors import ConfigError, PrunePerceptionError
 from prune_perception.node_params import ParamSpec, validate_params
-from prune_perception.ros.entry import init_rclpy
+from prune_perception.ros.entry import start_node
 from prune_perception.ros.messages import compressed_to_msg, image_to_msg
 from prune_perception.runtime.image_msg import RAW_ENCODINGS, convert_color
 
@@ -167,13 +167,8 @@ class CameraPublisher(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``camera_publisher`` executable; exits when ``count`` frames are out."""
-    if not init_rclpy("camera_publisher", args):
-        return 2
-    try:
-        node = CameraPublisher()
-    except (PrunePerceptionError, rclpy.exceptions.ParameterException) as exc:
-        print(f"camera_publisher: error: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
+    node = start_node("camera_publisher", args, CameraPublisher)
+    if node is None:
         return 2
     try:
         while rclpy.ok() and not node.done:

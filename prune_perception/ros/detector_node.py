@@ -33,7 +33,7 @@ from vision_msgs.msg import Detection2DArray
 
 from prune_perception.errors import ConfigError, PrunePerceptionError
 from prune_perception.node_params import DETECTOR_PARAMS, PARAMS_BY_NAME, validate_params
-from prune_perception.ros.entry import init_rclpy
+from prune_perception.ros.entry import start_node
 from prune_perception.ros.messages import detections_to_msg, image_to_msg
 from prune_perception.runtime.engine import DetectorEngine, Thresholds, validate_model_file
 from prune_perception.runtime.frame_mailbox import FrameMailbox
@@ -381,13 +381,8 @@ def run_nodes(nodes: list[Node], duration: float | None = None) -> None:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``detector_node`` executable (``--ros-args`` as usual)."""
-    if not init_rclpy("detector_node", args):
-        return 2
-    try:
-        node = DetectorNode()
-    except (PrunePerceptionError, rclpy.exceptions.ParameterException) as exc:
-        print(f"detector_node: error: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
+    node = start_node("detector_node", args, DetectorNode)
+    if node is None:
         return 2
     run_nodes([node])
     return 0

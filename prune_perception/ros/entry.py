@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import rclpy
 import yaml
+from rclpy.node import Node
+
+from prune_perception.errors import PrunePerceptionError
+
+NodeT = TypeVar("NodeT", bound=Node)
 
 
 def params_files(args: Sequence[str]) -> list[str]:
@@ -49,3 +55,15 @@ def init_rclpy(program: str, args: Sequence[str] | None) -> bool:
               file=sys.stderr)
         return False
     return True
+
+
+def start_node(program: str, args: Sequence[str] | None, make_node: Callable[[], NodeT]) -> NodeT | None:
+    """rclpy.init + the node; None (one line on stderr, rclpy shut down) when either is refused."""
+    if not init_rclpy(program, args):
+        return None
+    try:
+        return make_node()
+    except (PrunePerceptionError, rclpy.exceptions.ParameterException) as exc:
+        print(f"{program}: error: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return None

@@ -42,6 +42,7 @@ from prune_perception.training import distributed
 from prune_perception.training.distillation import Distiller
 from prune_perception.training.ema import ModelEMA
 from prune_perception.training.loss import DetectionLoss
+from prune_perception.evaluation.plots import pyplot, save_figure
 from prune_perception.training.regularization import SparsityRegularizer
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -400,10 +401,7 @@ class Trainer:
         (self.output / "history.json").write_text(json.dumps([r.__dict__ for r in self.history], indent=2))
 
     def write_plot(self) -> Path:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         epochs = [r.epoch for r in self.history]
         fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4))
         ax_loss.plot(epochs, [r.loss for r in self.history], label="total")
@@ -416,8 +414,4 @@ class Trainer:
         ax_map.plot([r.epoch for r in evaluated], [r.mAP50_95 for r in evaluated], marker="o", label="mAP50-95")
         ax_map.set(xlabel="epoch", ylabel="val mAP", title="Validation", ylim=(0, 1))
         ax_map.legend()
-        fig.tight_layout()
-        path = self.output / "training.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        return save_figure(fig, self.output / "training.png", dpi=100)
