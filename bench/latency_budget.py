@@ -89,6 +89,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=300, help="timed runs of the separate bench")
     parser.add_argument("--parts", nargs="+", default=["schedules", "latency", "bench"],
                         choices=["schedules", "latency", "bench"])
+    parser.add_argument("--schedules", nargs="+", default=["oneshot", "iterative", "elastic"],
+                        choices=["oneshot", "iterative", "elastic"], help="which schedules the schedules part runs")
     parser.add_argument("-o", "--output", default="runs/bench_latency")
     args = parser.parse_args()
     output = Path(args.output)
@@ -103,6 +105,8 @@ def main() -> int:
     try:
         if "schedules" in args.parts:
             for name, overrides in schedule_runs(args).items():
+                if name not in args.schedules:
+                    continue
                 started = time.monotonic()
                 config = load_config(PruneConfig, CONFIG, shared + overrides + [f"output={output / name}"])
                 _, history = run_pruning(config, progress=True)

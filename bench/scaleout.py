@@ -10,9 +10,11 @@
    job around `train_epoch` only (no evaluation, no process start-up), the best of `--epochs` epochs
    after one warm-up epoch.
 
-The two runs of each pair alternate `--repeats` times; medians are reported. Both sides use all the
-usable cores, so the ratio is what fanning out buys over the single-process code at equal hardware.
-The machine is shared: the load average is printed before and after.
+Both parts also time the single process on 1 torch thread (torch's default on machines that report
+fewer physical than logical cores, and sometimes faster than 2 threads on 2 vCPUs). The runs alternate
+`--repeats` times; medians are reported. The fanned-out side and the first single-process side use all
+the usable cores, so that ratio is what fanning out buys at equal hardware. The machine may be shared:
+the load average is printed before and after.
 
     .venv/bin/python bench/scaleout.py -o runs/bench_scaleout
 """
@@ -43,6 +45,8 @@ from prune_perception.training.trainer import Trainer
 
 data, out, epochs, batch, height, width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 ctx = distributed.init_distributed()
+if len(sys.argv) > 7:                    # the single-process baselines: this many torch threads
+    torch.set_num_threads(int(sys.argv[7]))
 config = load_config(TrainConfig, None, [f"data.train={data}", f"data.val={data}", f"output={out}/train",
                                          f"model.input_size=[{height}, {width}]", f"optim.batch_size={batch}",
                                          f"optim.epochs={epochs + 1}", "optim.warmup_epochs=0.5"])
@@ -120,14 +124,17 @@ def bench_sensitivity(args: argparse.Namespace, data: Path, checkpoint: Path, wo
     from prune_perception.scaleout.runner import FanOutSettings, local_cluster
     from prune_perception.scaleout.sensitivity import DaskSensitivity
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0))
     common = dict(ratios=tuple(args.ratios), method="l1", val_images=args.val_images, progress=False)
-    serial, fanned, startup, points = [], [], [], 0
+    serial, serial_1t, fanned, startup, points = [], [], [], [], 0
     for repeat in range(args.repeats):
-        started = time.perf_counter()
-        _, result = run_sensitivity(checkpoint, str(data), work / f"sens_serial{repeat}", **common)
-        serial.append(time.perf_counter() - started)
+        for threads, times in ((cores, serial), (1, serial_1t)):
+            torch.set_num_threads(threads)
+            started = time.perf_counter()
+            _, result = run_sensitivity(checkpoint, str(data), work / f"sens_serial{repeat}_{threads}", **common)
+            times.append(time.perf_counter() - started)
         points = len(result)
+        torch.set_num_threads(cores)
 
         started = time.perf_counter()
         cluster = local_cluster(args.workers)   # 127.0.0.1 only, no dashboard, 1 thread per worker
@@ -144,17 +151,20 @@ def bench_sensitivity(args: argparse.Namespace, data: Path, checkpoint: Path, wo
             cluster.close()
         same = [(p.group, p.ratio, p.mAP50, p.macs) for p in fanned_points] == \
             [(p.group, p.ratio, p.mAP50, p.macs) for p in result]
-        print(f"sensitivity repeat {repeat + 1}: serial {serial[-1]:.1f} s, dask x{args.workers} {fanned[-1]:.1f} s "
+        print(f"sensitivity repeat {repeat + 1}: serial {serial[-1]:.1f} s ({cores} threads), {serial_1t[-1]:.1f} s "
+              f"(1 thread), dask x{args.workers} {fanned[-1]:.1f} s "
               f"(+{startup[-1]:.1f} s start-up), {points} points, same table: {same}", flush=True)
     s, d, u = statistics.median(serial), statistics.median(fanned), statistics.median(startup)
+    s1 = statistics.median(serial_1t)
     return {"points": points, "val_images": args.val_images, "workers": args.workers,
-            "serial_threads": len(os.sched_getaffinity(0)), "serial_s": serial, "dask_s": fanned,
+            "serial_threads": cores, "serial_s": serial, "serial_1thread_s": serial_1t,
+            "serial_1thread_median_s": round(s1, 2), "speedup_vs_1thread": round(s1 / d, 3), "dask_s": fanned,
             "dask_startup_s": startup, "serial_median_s": round(s, 2), "dask_median_s": round(d, 2),
             "dask_startup_median_s": round(u, 2), "speedup": round(s / d, 3),
             "speedup_with_startup": round(s / (d + u), 3)}
 
 
-def run_epochs(args: argparse.Namespace, data: Path, nproc: int, work: Path) -> dict:
+def run_epochs(args: argparse.Namespace, data: Path, nproc: int, work: Path, threads: int | None = None) -> dict:
     script = work / "epoch_script.py"
     script.write_text(EPOCH_SCRIPT)
     out = work / f"epoch_n{nproc}_{time.monotonic_ns()}"
@@ -165,7 +175,7 @@ def run_epochs(args: argparse.Namespace, data: Path, nproc: int, work: Path) -> 
     height, width = args.input_size
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
                "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), str(data), str(out),
-               str(args.epochs), str(args.batch_size), str(height), str(width)]
+               str(args.epochs), str(args.batch_size), str(height), str(width)] + ([str(threads)] if threads else [])
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"torchrun x{nproc} failed:\n{done.stderr[-4000:]}")
@@ -173,21 +183,26 @@ def run_epochs(args: argparse.Namespace, data: Path, nproc: int, work: Path) -> 
 
 
 def bench_epoch(args: argparse.Namespace, data: Path, work: Path) -> dict:
-    one, many = [], []
+    one, one_1t, many = [], [], []
     info = {}
     for repeat in range(args.repeats):
-        for nproc, times in ((1, one), (args.nproc, many)):
-            result = run_epochs(args, data, nproc, work)
+        cores = len(os.sched_getaffinity(0))   # torch's own default may be fewer (physical cores)
+        for nproc, threads, times in ((1, cores, one), (1, 1, one_1t), (args.nproc, None, many)):
+            result = run_epochs(args, data, nproc, work, threads)
             times.append(min(result["epoch_seconds"]))
-            info[nproc] = result
-        print(f"fine-tune epoch repeat {repeat + 1}: 1 process {one[-1]:.2f} s, {args.nproc} processes "
-              f"{many[-1]:.2f} s ({info[1]['steps']} steps of {args.batch_size} images)", flush=True)
-    a, b = statistics.median(one), statistics.median(many)
-    return {"train_images": info[1]["steps"] * args.batch_size, "batch_size": args.batch_size,
-            "input_size": args.input_size, "steps": info[1]["steps"], "nproc": args.nproc,
-            "threads_1": info[1]["threads"], f"threads_per_rank_{args.nproc}": info[args.nproc]["threads"],
+            info[nproc, threads] = result
+        single, fanned = info[1, cores], info[args.nproc, None]
+        print(f"fine-tune epoch repeat {repeat + 1}: 1 process {one[-1]:.2f} s ({single['threads']} threads), "
+              f"{one_1t[-1]:.2f} s (1 thread), {args.nproc} processes {many[-1]:.2f} s "
+              f"({single['steps']} steps of {args.batch_size} images)", flush=True)
+    a, b, a1 = statistics.median(one), statistics.median(many), statistics.median(one_1t)
+    return {"train_images": single["steps"] * args.batch_size, "batch_size": args.batch_size,
+            "input_size": args.input_size, "steps": single["steps"], "nproc": args.nproc,
+            "threads_1": single["threads"], f"threads_per_rank_{args.nproc}": fanned["threads"],
             "epoch_1proc_s": one, f"epoch_{args.nproc}proc_s": many, "epoch_1proc_median_s": round(a, 3),
-            f"epoch_{args.nproc}proc_median_s": round(b, 3), "speedup": round(a / b, 3)}
+            f"epoch_{args.nproc}proc_median_s": round(b, 3), "speedup": round(a / b, 3),
+            "epoch_1proc_1thread_s": one_1t, "epoch_1proc_1thread_median_s": round(a1, 3),
+            "speedup_vs_1thread": round(a1 / b, 3)}
 
 
 def markdown(result: dict) -> str:
@@ -199,10 +214,13 @@ def markdown(result: dict) -> str:
         f"({s['serial_threads']} threads) | {s['dask_median_s']:.1f} s (Dask, {s['workers']} workers x 1 thread; "
         f"+{s['dask_startup_median_s']:.1f} s cluster start) | {s['speedup']:.2f}x ({s['speedup_with_startup']:.2f}x "
         "with start-up) |",
+        f"| same, single process on 1 thread | {s['serial_1thread_median_s']:.1f} s | | {s['speedup_vs_1thread']:.2f}x |",
         f"| fine-tune epoch, {e['steps']} steps x {e['batch_size']} images at {e['input_size'][0]}x{e['input_size'][1]} "
         f"| {e['epoch_1proc_median_s']:.2f} s (1 process, {e['threads_1']} threads) | "
         f"{e[f'epoch_{n}proc_median_s']:.2f} s (torchrun x{n}, gloo, {e[f'threads_per_rank_{n}']} thread(s)/rank) | "
-        f"{e['speedup']:.2f}x |"]) + "\n"
+        f"{e['speedup']:.2f}x |",
+        f"| same, single process on 1 thread | {e['epoch_1proc_1thread_median_s']:.2f} s | | "
+        f"{e['speedup_vs_1thread']:.2f}x |"]) + "\n"
 
 
 def main() -> int:

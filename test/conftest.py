@@ -41,8 +41,8 @@ def tiny_synth(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def random_checkpoint(tiny_synth, tmp_path_factory):
-    """A random-init nano detector for ``tiny_synth``'s classes at 96x160 (mAP is not the point where it is used)."""
+def make_random_checkpoint(tiny_synth, tmp_path_factory):
+    """input (H, W) -> a random-init nano detector for ``tiny_synth``'s classes saved at that input size."""
     import torch
 
     from prune_perception.data.dataset import load_dataset
@@ -50,11 +50,19 @@ def random_checkpoint(tiny_synth, tmp_path_factory):
     from prune_perception.models.checkpoint import save_checkpoint
     from prune_perception.models.detector import Detector
 
-    torch.manual_seed(0)
-    classes = load_dataset(str(tiny_synth), "train").classes
-    path = tmp_path_factory.mktemp("random_dense") / "dense.pt"
-    save_checkpoint(path, Detector(default_arch("nano", len(classes))).eval(), classes, (96, 160))
-    return path
+    def make(input_hw: tuple[int, int]):
+        torch.manual_seed(0)
+        classes = load_dataset(str(tiny_synth), "train").classes
+        path = tmp_path_factory.mktemp("random_dense") / "dense.pt"
+        save_checkpoint(path, Detector(default_arch("nano", len(classes))).eval(), classes, input_hw)
+        return path
+    return make
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(make_random_checkpoint):
+    """A random-init nano detector at 96x160 (where mAP is not the point)."""
+    return make_random_checkpoint((96, 160))
 
 
 @pytest.fixture(scope="session")

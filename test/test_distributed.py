@@ -294,17 +294,8 @@ def test_synchronized_batchnorm_equals_batchnorm_over_the_whole_batch(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def dense_checkpoint(tiny_synth, tmp_path_factory):
-    from prune_perception.data.dataset import load_dataset
-    from prune_perception.models.arch import default_arch
-    from prune_perception.models.checkpoint import save_checkpoint
-    from prune_perception.models.detector import Detector
-
-    torch.manual_seed(0)
-    classes = load_dataset(str(tiny_synth), "train").classes
-    path = tmp_path_factory.mktemp("dense") / "dense.pt"
-    save_checkpoint(path, Detector(default_arch("nano", len(classes))).eval(), classes, (128, 192))
-    return path
+def dense_checkpoint(make_random_checkpoint):
+    return make_random_checkpoint((128, 192))
 
 
 def prune_args(checkpoint: Path, data: Path, output: Path, finetune_epochs: int = 1) -> list[str]:

@@ -94,6 +94,44 @@ def test_straight_through_mask_forward_is_the_pruned_network():
     assert torch.allclose(masked[0], removed[0], atol=1e-4) and torch.allclose(masked[1], removed[1], atol=1e-3)
 
 
+def test_masked_filters_learn_but_the_rest_gets_the_pruned_networks_gradient():
+    """Regrown masked filters must not leak gradient into the layers before them (the pruned network's own)."""
+    model = _model()
+    selection = SoftSelector(model, INPUT_HW, make_importance("l1"), PruneSpec(0.5)).select()
+    model.train()   # (building the selector's dependency graph leaves the model in eval mode)
+    masked_filters = selection_filters(selection, model)
+    modules = dict(model.named_modules())
+    with torch.no_grad():          # the masked filters after some regrowth: non-zero
+        for name, index in masked_filters:
+            modules[name].weight[index].normal_(0, 0.1)
+    pruned = Detector(model.arch)
+    pruned.load_state_dict(model.state_dict())
+    pruned.train()
+    zero_selection(pruned, selection, full=True)   # the pruned network: those channels contribute nothing
+    images = torch.rand(4, 3, *INPUT_HW)
+
+    def gradients(net):
+        net.zero_grad()
+        cls_logits, distances = net(images)
+        (cls_logits.sigmoid().mean() + distances.mean()).backward()
+        return {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
+
+    mask = StraightThroughMask(model)
+    mask.set(selection)
+    soft, reference = gradients(model), gradients(pruned)
+    mask.remove()
+    masked_rows = {(f"{name}.weight", index) for name, index in masked_filters}
+    compared = 0
+    for name, grad in reference.items():
+        if not name.endswith(".conv.weight"):
+            continue
+        keep = [i for i in range(grad.shape[0]) if (name, i) not in masked_rows]
+        assert torch.allclose(soft[name][keep], grad[keep], rtol=1e-4, atol=1e-6), name
+        compared += 1
+    assert compared > 20
+    assert all(soft[f"{name}.weight"][index].abs().sum() > 0 for name, index in masked_filters)
+
+
 def test_channel_groups_zero_the_least_important_channels_of_one_coupled_group():
     model = _model()
     groups = ChannelGroups(model, INPUT_HW, make_importance("l1"))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.nn import functional as F
 
 from prune_perception.models.detector import ConvBNAct, Detector, model_widths, spec_layers
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner
@@ -59,15 +60,23 @@ class StraightThroughMask:
     Forward: the masked channels are exactly 0 after the activation (as if removed). Backward: their
     gradient goes straight to the BatchNorm output, skipping the activation's derivative (ReLU's is 0
     on a zeroed filter whose BatchNorm shift is negative), so their filters, γ and β keep receiving
-    updates. Hooks on the activation modules; `remove()` takes them off.
+    updates — and stops there: the masked filters are applied to a detached copy of the layer input,
+    so every other weight gets exactly the pruned network's gradient. (Letting it flow on would train
+    the rest of the network for channels the forward pass does not have, amplified by BatchNorm's
+    1/σ on the near-constant output of a freshly zeroed filter: measured on the demo model, the
+    what-if mAP50 after one soft epoch was 0.19 against 0.69 for one-shot pruning.) Hooks on the conv
+    and activation modules; `remove()` takes them off.
     """
 
     def __init__(self, model: nn.Module):
         self.keep: dict[str, torch.Tensor] = {}
+        self.masked: dict[str, torch.Tensor] = {}
         self._inputs: dict[str, torch.Tensor] = {}
         self._layers = {name: module for name, module in model.named_modules() if isinstance(module, ConvBNAct)}
         self._handles = []
         for name, layer in self._layers.items():
+            self._handles.append(layer.conv.register_forward_hook(
+                lambda module, args, output, name=name: self._conv_after(name, module, args[0], output)))
             self._handles.append(layer.act.register_forward_pre_hook(
                 lambda module, args, name=name: self._before(name, args)))
             self._handles.append(layer.act.register_forward_hook(
@@ -75,14 +84,24 @@ class StraightThroughMask:
 
     def set(self, selection: Selection) -> None:
         """Mask exactly the conv filters of `selection` (the layers' channels; BatchNorm entries are implied)."""
-        keep = {}
+        keep, masked = {}, {}
         for name, idxs in selection.items():
             layer_name = name.rsplit(".", 1)[0]
             if name.endswith(".conv") and layer_name in self._layers and idxs:
                 mask = torch.ones(1, self._layers[layer_name].conv.out_channels, 1, 1)
                 mask[:, list(idxs)] = 0.0
                 keep[layer_name] = mask
-        self.keep = keep
+                masked[layer_name] = torch.as_tensor(sorted(idxs), dtype=torch.long)
+        self.keep, self.masked = keep, masked
+
+    def _conv_after(self, name: str, conv: nn.Conv2d, x: torch.Tensor, output: torch.Tensor):
+        masked = self.masked.get(name)
+        if masked is None or not torch.is_grad_enabled():
+            return None
+        # same values; the masked channels' gradient reaches their filters but not the layer input
+        detached = F.conv2d(x.detach(), conv.weight[masked], None, conv.stride, conv.padding, conv.dilation,
+                            conv.groups)
+        return (output * self.keep[name].to(output.dtype)).index_add(1, masked, detached)
 
     def _before(self, name: str, args: tuple):
         if name in self.keep and torch.is_grad_enabled():
@@ -103,7 +122,7 @@ class StraightThroughMask:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
-        self._handles, self.keep, self._inputs = [], {}, {}
+        self._handles, self.keep, self.masked, self._inputs = [], {}, {}, {}
 
 
 def _out_channel_items(graph: tp.DependencyGraph, group) -> list:

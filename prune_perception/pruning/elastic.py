@@ -151,7 +151,15 @@ def elastic_prune(config: PruneConfig, model: Detector, input_hw: tuple[int, int
     if settings.elastic_hard_epochs > 0:
         hard_config = dataclasses.replace(config, finetune=dataclasses.replace(
             config.finetune, epochs=settings.elastic_hard_epochs))
-        tuned_map = _finetune(hard_config, model, input_hw, output / "finetune_hard", progress)
+        removed = copy.deepcopy(model.state_dict())
+        hard_map = _finetune(hard_config, model, input_hw, output / "finetune_hard", progress)
+        if hard_map.map50 >= tuned_map.map50:
+            tuned_map = hard_map
+        else:   # like early stopping: the removed network as it came out of the soft phase was better
+            model.load_state_dict(removed)
+            if progress:
+                print(f"elastic: hard fine-tuning reached mAP50 {hard_map.map50:.3f} < {tuned_map.map50:.3f} of the "
+                      "network as removed: keeping that one")
     evaluated = {r.epoch: r.mAP50 for r in trainer.history}
     records = [dataclasses.replace(r, mAP50=evaluated.get(r.epoch)) for r in trainer.records]
     cost = model_cost(model, input_hw)
