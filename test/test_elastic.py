@@ -132,6 +132,36 @@ def test_masked_filters_learn_but_the_rest_gets_the_pruned_networks_gradient():
     assert all(soft[f"{name}.weight"][index].abs().sum() > 0 for name, index in masked_filters)
 
 
+def test_a_zeroed_filter_that_proves_useful_comes_back_at_the_next_selection():
+    model = _model()
+    selector = SoftSelector(model, INPUT_HW, make_importance("l1"), PruneSpec(0.5))
+    selection = selector.select()
+    model.train()
+    layer = "neck.td3"
+    useful = selection[f"{layer}.conv"][0]   # a filter the first selection zeroes
+    zero_selection(model, selection, full=False)
+    mask = StraightThroughMask(model)
+    mask.set(selection)
+    outputs = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, a, out: outputs.append(out))
+    optimizer = torch.optim.SGD(model.get_submodule(layer).parameters(), lr=0.5)
+    images = torch.rand(2, 3, *INPUT_HW)
+    wanted = None
+    for _ in range(20):   # a loss that wants this channel: the layer outputs 0 there, only the mask passes gradient
+        outputs.clear()
+        model(images)
+        channel = outputs[0][:, useful]
+        assert channel.abs().max() == 0
+        wanted = torch.randn(channel.shape, generator=torch.Generator().manual_seed(0)) if wanted is None else wanted
+        optimizer.zero_grad()
+        (-(channel * wanted).mean()).backward()
+        optimizer.step()
+    handle.remove()
+    mask.remove()
+    assert model.get_submodule(f"{layer}.conv").weight[useful].abs().sum() > 0
+    assert useful not in selector.select()[f"{layer}.conv"]
+
+
 def test_channel_groups_zero_the_least_important_channels_of_one_coupled_group():
     model = _model()
     groups = ChannelGroups(model, INPUT_HW, make_importance("l1"))
