@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -531,8 +532,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LabelledStderr(logging.Handler):
+    """Log records of WARNING and above as 'prune-perception CMD: warning: ...' lines on the current sys.stderr."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.program = "prune-perception"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{self.program}: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+_STDERR_LOG = _LabelledStderr()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _STDERR_LOG.program = f"prune-perception {args.command}"
+    if _STDERR_LOG not in logging.getLogger().handlers:
+        logging.getLogger().addHandler(_STDERR_LOG)
     try:
         args.func(args)
     except PrunePerceptionError as exc:

@@ -827,9 +827,14 @@ def _worker_replay_cli(request: dict) -> dict:
 
 
 def replay_outcome(code: int, stderr: str) -> dict:
-    """'error' (exit 2, one 'prune-perception replay: error: ...' line), 'accepted' (exit 0), else 'crash'."""
+    """'error' (exit 2, one 'prune-perception replay: error: ...' line), 'accepted' (exit 0), else 'crash'.
+
+    Labelled warnings ('prune-perception replay: warning: ...', e.g. a bag whose metadata.yaml counts differ from
+    its storage) may precede the error line: they say what was found on the way, the error says why it stopped.
+    """
     lines = [line for line in stderr.splitlines() if line.strip()]
-    python_lines = [line for line in lines if not _is_native_decoder_warning(line)]
+    python_lines = [line for line in lines if not _is_native_decoder_warning(line)
+                    and not line.startswith("prune-perception replay: warning: ")]
     if "Traceback" in stderr or code not in (0, 2):
         return {"outcome": "crash", "detail": f"exit {code}: {stderr[-2000:]}"}
     if code == 2:
