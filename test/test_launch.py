@@ -340,6 +340,14 @@ class _Probe:
         self._rclpy.try_shutdown(context=self.context)
 
 
+def _default_sigint() -> None:
+    """In the launch child before exec: SIGINT handled and unblocked whatever this test process did to it (a
+    library earlier in the session may leave it ignored or blocked, and both are inherited), so that `_stop`'s
+    SIGINT is the clean shutdown a user's Ctrl-C is."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @contextmanager
 def _launched(tmp_path: Path, launch_file: str, args: list[str]):
     """Runs an installed launch file in a subprocess; yields (process, log path); always stops it."""
@@ -348,7 +356,8 @@ def _launched(tmp_path: Path, launch_file: str, args: list[str]):
     log = tmp_path / f"{launch_file}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-c", LAUNCH_SCRIPT, str(path), *args], env=_ros_env(tmp_path),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_default_sigint)
     try:
         yield proc, log
     finally:
