@@ -21,7 +21,7 @@ from prune_perception.evaluation.bench import BenchSettings, bench_images, bench
 from prune_perception.evaluation.evaluate import evaluate_onnx
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.export.quantize import Int8Calibration
-from prune_perception.pruning.run import run_pruning
+from prune_perception.pruning import prune
 
 
 def main() -> int:
@@ -42,7 +42,8 @@ def main() -> int:
             f"checkpoint={args.checkpoint}", f"data.train={args.data}", f"data.val={args.data}",
             f"prune.method={args.method}", f"prune.ratio={args.ratio}", f"finetune.epochs={args.finetune_epochs}",
             f"output={output / 'prune'}"])
-        pruned_checkpoint, history = run_pruning(config)
+        result = prune(config)
+        pruned_checkpoint, history = result.path, result.history
         calibration = Int8Calibration(args.data, "train", 64)
         models = {}
         for name, checkpoint in (("dense", Path(args.checkpoint)), ("pruned", pruned_checkpoint)):

@@ -34,9 +34,8 @@ from prune_perception.errors import PrunePerceptionError
 from prune_perception.evaluation.html_report import write_pruning_report
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.models.checkpoint import load_checkpoint
-from prune_perception.pruning.latency_budget import run_latency_pruning
 from prune_perception.pruning.latency_model import LatencyMeter, MeasureSettings, WidthSpace, time_models
-from prune_perception.pruning.run import run_pruning
+from prune_perception.pruning import prune
 from prune_perception.pruning.structured import prunable_groups
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "prune_synth.yaml"
@@ -109,7 +108,7 @@ def main() -> int:
                     continue
                 started = time.monotonic()
                 config = load_config(PruneConfig, CONFIG, shared + overrides + [f"output={output / name}"])
-                _, history = run_pruning(config, progress=True)
+                history = prune(config, progress=True).history
                 results[name] = dict(summary_of(history), seconds=round(time.monotonic() - started, 1))
                 if name == "elastic":
                     records = history[-1].elastic or []
@@ -131,8 +130,9 @@ def main() -> int:
                 f"prune.latency_ms={target}", f"prune.latency_threads={args.threads}",
                 f"prune.latency_runs={args.latency_runs}", f"finetune.epochs={args.epochs}",
                 f"output={output / 'latency'}"])
-            outcome = run_latency_pruning(config, progress=True)
-            print("\n".join(outcome.summary_lines()), flush=True)
+            result = prune(config, progress=True)
+            print("\n".join(result.summary), flush=True)
+            outcome = result.details
             history = json.loads((output / "latency" / "history.json").read_text())
             results["latency"] = {"target_ms": target, "search_p50_ms": outcome.p50_ms, "search_p99_ms": outcome.p99_ms,
                                   "dense_p50_ms": outcome.dense_p50_ms, "met_in_search": outcome.met,
@@ -149,7 +149,7 @@ def main() -> int:
             config = load_config(PruneConfig, CONFIG, shared + [f"prune.ratio={ratio}", "prune.method=l1",
                                                               f"finetune.epochs={args.epochs}",
                                                               f"output={output / 'uniform_equal_latency'}"])
-            _, uniform_history = run_pruning(config, progress=True)
+            uniform_history = prune(config, progress=True).history
             results["uniform_equal_latency"] = dict(summary_of(uniform_history), ratio=ratio, equal_latency=table,
                                                     seconds=round(time.monotonic() - started, 1))
             export_onnx(output / "uniform_equal_latency" / "pruned.pt", output / "uniform_equal_latency.onnx")

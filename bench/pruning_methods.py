@@ -25,8 +25,7 @@ from pathlib import Path
 from prune_perception.config import PruneConfig, load_config
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.evaluation.html_report import write_pruning_report
-from prune_perception.pruning.budget import run_budget_pruning
-from prune_perception.pruning.run import run_pruning
+from prune_perception.pruning import prune
 
 CRITERIA = ("l1", "l2", "taylor", "bn_scale", "random")
 
@@ -64,11 +63,12 @@ def main() -> int:
                 continue
             config = load_config(PruneConfig, None, shared + overrides + [f"output={output / name}"])
             started = time.monotonic()
+            result = prune(config, progress=False)
             if name.startswith("budget"):
-                _, candidates, chosen = run_budget_pruning(config, progress=False)
-                results[name] = {"chosen_ratio": chosen, "candidates": [c.__dict__ for c in candidates]}
+                results[name] = {"chosen_ratio": result.chosen_ratio,
+                                 "candidates": [c.__dict__ for c in result.candidates]}
             else:
-                _, history = run_pruning(config, progress=False)
+                history = result.history
                 dense, final = history[0], history[-1]
                 results[name] = {"dense_mAP50": dense.mAP50, "mAP50": final.mAP50, "mAP50_95": final.mAP50_95,
                                  "drop_points": round(100 * (dense.mAP50 - final.mAP50), 2),

@@ -73,60 +73,11 @@ def _cmd_prune(args: argparse.Namespace) -> None:
 
         raise ConfigError(f"--schedule oneshot contradicts --steps {args.steps}: use --schedule iterative")
     config = load_config(PruneConfig, args.config, overrides)
-    fan_out = _fan_out_settings(args)
-    if fan_out is not None:
-        from prune_perception.errors import ConfigError
-        from prune_perception.training.distributed import env_context
+    from prune_perception.pruning import prune
 
-        if config.prune.budget is None or config.prune.latency_ms is not None:
-            raise ConfigError("--scheduler / --workers fan out the candidates of an accuracy-budget search: they "
-                              "need --budget (and no --latency-ms)")
-        if config.prune.budget_search != "steps":
-            raise ConfigError(f"only the steps budget search fans out its candidates (bisect is sequential): "
-                              f"prune.budget_search is {config.prune.budget_search!r}")
-        if env_context().is_distributed:
-            raise ConfigError("--scheduler / --workers (Dask) and torchrun do not combine: use one of them")
-    from prune_perception.pruning.ddp_finetune import run_on_ranks
-
-    # under torchrun rank 0 prunes and writes; every rank fine-tunes (docs/scale-out.md)
-    run_on_ranks(config, lambda: _run_prune(config, args, fan_out))
-
-
-def _run_prune(config, args: argparse.Namespace, fan_out) -> None:
-    from prune_perception.pruning.run import run_pruning
-
-    if config.prune.latency_ms is not None:
-        from prune_perception.pruning.latency_budget import run_latency_pruning
-
-        outcome = run_latency_pruning(config, progress=not args.quiet)
-        print("\n".join(outcome.summary_lines()))
-        return
-    if config.prune.budget is not None:
-        _prune_to_budget(config, args.quiet, fan_out)
-        return
-    path, history = run_pruning(config, progress=not args.quiet)
-    dense, final = history[0], history[-1]
-    print(f"pruned checkpoint: {path}")
-    print(f"params {dense.params:,} -> {final.params:,}, MACs {dense.macs / 1e6:.1f}M -> {final.macs / 1e6:.1f}M "
-          f"({1 - final.macs / dense.macs:.1%} cut), val mAP50 {dense.mAP50:.3f} -> {final.mAP50:.3f}")
-
-
-def _prune_to_budget(config, quiet: bool, fan_out=None) -> None:
-    from prune_perception.pruning.budget import run_budget_pruning
-
-    candidates_on = None
-    if fan_out is not None:
-        from prune_perception.scaleout.budget import DaskBudgetCandidates
-
-        candidates_on = DaskBudgetCandidates(fan_out)
-    path, candidates, ratio = run_budget_pruning(config, progress=not quiet, fan_out=candidates_on)
-    if ratio is None:
-        print(f"no ratio kept val mAP50 within {config.prune.budget:g} points: dense model written unchanged to {path}")
-        return
-    chosen = next(c for c in candidates if c.ratio == ratio)
-    print(f"pruned checkpoint: {path} (ratio {ratio:g}, largest within {config.prune.budget:g} mAP50 points; "
-          f"{len(candidates)} candidates): params {chosen.params:,}, MACs {chosen.macs / 1e6:.1f}M, val mAP50 "
-          f"{chosen.mAP50:.3f}")
+    result = prune(config, progress=not args.quiet, fan_out=_fan_out_settings(args))
+    if result is not None:   # None: a torchrun rank other than 0 (rank 0 prints)
+        print("\n".join(result.summary))
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> None:

@@ -146,12 +146,13 @@ def _prune(data_dir: Path, dense: Path, prune_dir: Path, budget: float, ratios: 
     if _marker_matches(done, key, [prune_dir / "pruned.pt", prune_dir / "history.json"]):
         print(f"reusing {prune_dir / 'pruned.pt'} (pruning finished earlier)")
         return json.loads(done.read_text())
-    from prune_perception.pruning.budget import run_budget_pruning
+    from prune_perception.pruning import prune
 
     done.unlink(missing_ok=True)
     print(f"budget {budget:g} mAP50 points; candidate ratios {', '.join(f'{r:g}' for r in sorted(ratios))} "
           f"(ascending, stops at the first over budget); {finetune_epochs} fine-tuning epochs each")
-    path, candidates, ratio = run_budget_pruning(config, progress=progress)
+    result = prune(config, progress=progress)
+    path, candidates, ratio = result.path, result.candidates, result.chosen_ratio
     history = json.loads((prune_dir / "history.json").read_text())
     for c in candidates:
         print(f"ratio {c.ratio:g}: MACs {c.macs / 1e6:.1f}M, val mAP50 {c.mAP50:.3f} "

@@ -139,20 +139,18 @@ def _points_json(data):
 @pytest.mark.slow
 def test_dask_budget_candidates_give_the_serial_search(random_checkpoint, tiny_synth, tmp_path, cluster):
     from prune_perception.config import PruneConfig, load_config
-    from prune_perception.pruning.budget import run_budget_pruning
-    from prune_perception.scaleout.budget import DaskBudgetCandidates
+    from prune_perception.pruning import prune
 
     def config(output):
         return load_config(PruneConfig, None, [
             f"checkpoint={random_checkpoint}", f"data.train={tiny_synth}", f"data.val={tiny_synth}",
             f"output={output}", "finetune.epochs=0", "prune.budget=100", "prune.budget_ratios=[0.2, 0.4]"])
 
-    _, serial, serial_ratio = run_budget_pruning(config(tmp_path / "serial"), progress=False)
-    fan_out = DaskBudgetCandidates(FanOutSettings(scheduler=cluster, progress=False))
-    _, fanned, ratio = run_budget_pruning(config(tmp_path / "dask"), progress=False, fan_out=fan_out)
-    strip = [{k: v for k, v in asdict(c).items() if k != "seconds"} for c in serial]
-    assert [{k: v for k, v in asdict(c).items() if k != "seconds"} for c in fanned] == strip
-    assert ratio == serial_ratio == 0.4
+    serial = prune(config(tmp_path / "serial"), progress=False)
+    fanned = prune(config(tmp_path / "dask"), progress=False, fan_out=FanOutSettings(scheduler=cluster, progress=False))
+    strip = [{k: v for k, v in asdict(c).items() if k != "seconds"} for c in serial.candidates]
+    assert [{k: v for k, v in asdict(c).items() if k != "seconds"} for c in fanned.candidates] == strip
+    assert fanned.chosen_ratio == serial.chosen_ratio == 0.4
     assert (tmp_path / "dask" / "summary.md").read_text().split("| ratio")[0] == \
         (tmp_path / "serial" / "summary.md").read_text().split("| ratio")[0]
 

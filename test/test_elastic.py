@@ -17,7 +17,8 @@ from prune_perception.pruning.channel_masks import (ChannelGroups, SoftSelector,
                                                     remove_zeroed_channels, selection_filters, zero_selection)
 from prune_perception.pruning.elastic import validate_elastic
 from prune_perception.pruning.importance import make_importance
-from prune_perception.pruning.run import resolve_schedule, run_pruning
+from prune_perception.pruning import prune
+from prune_perception.pruning.schedules import resolve_schedule
 from prune_perception.pruning.structured import PruneSpec
 
 INPUT_HW = (96, 160)
@@ -217,7 +218,8 @@ def test_elastic_run_revives_filters_and_ends_with_a_smaller_network(random_chec
         f"checkpoint={random_checkpoint}", f"data.train={tiny_synth}", f"data.val={tiny_synth}",
         "prune.schedule=elastic", "prune.ratio=0.5", f"prune.elastic_hard_epochs={hard_epochs}",
         "finetune.epochs=3", "finetune.batch_size=8", "finetune.lr=0.01", f"output={tmp_path}"])
-    path, history = run_pruning(config, progress=False)
+    result = prune(config, progress=False)
+    path, history = result.path, result.history
     dense, final = history[0], history[-1]
     assert len(history) == 2 and final.macs < 0.5 * dense.macs and final.params < dense.params
     records = final.elastic

@@ -15,7 +15,7 @@ from prune_perception.models.checkpoint import save_checkpoint
 from prune_perception.models.cost import model_cost
 from prune_perception.models.detector import Detector
 from prune_perception.pruning.importance import make_importance
-from prune_perception.pruning.run import PruneStep
+from prune_perception.pruning.history import PruneStep
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner
 from prune_perception.pruning.unstructured import prune_unstructured
 

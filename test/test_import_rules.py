@@ -41,3 +41,62 @@ def test_only_ros_imports_rclpy():
     others += ["prune_perception.node_params", "prune_perception.config", "prune_perception.cli"]
     loaded = _imported_after(others)
     assert "rclpy" not in loaded, "a module outside prune_perception/ros imports rclpy"
+
+
+# ------------------------------------------------------------------ the import graph
+def _import_graph() -> dict[str, dict[str, set[str]]]:
+    """module -> {imported prune_perception module -> names taken from it}, from every import statement (lazy too)."""
+    import ast
+
+    modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, dict[str, set[str]]] = {}
+    for module, path in modules.items():
+        edges = graph.setdefault(module, {})
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in modules:
+                        edges.setdefault(alias.name, set())
+            elif isinstance(node, ast.ImportFrom) and node.module in modules and node.level == 0:
+                for alias in node.names:
+                    child = f"{node.module}.{alias.name}"
+                    if child in modules:          # `from package import submodule`
+                        edges.setdefault(child, set())
+                    else:
+                        edges.setdefault(node.module, set()).add(alias.name)
+    return graph
+
+
+def test_no_import_cycle():
+    graph = _import_graph()
+    state: dict[str, int] = {}       # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph.get(module, {})):
+            if target == module or state.get(target) == 2:
+                continue
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            cycle = visit(target)
+            if cycle:
+                return cycle
+        path.pop()
+        state[module] = 2
+        return None
+
+    assert len(graph) > 50
+    for module in sorted(graph):
+        if module not in state:
+            cycle = visit(module)
+            assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_module_imports_a_private_name_of_another():
+    offenders = [f"{module} imports {name} from {target}" for module, edges in _import_graph().items()
+                 for target, names in edges.items() if target != module
+                 for name in names if name.startswith("_") and not name.startswith("__")]
+    assert not offenders, offenders

@@ -15,7 +15,8 @@ from prune_perception.models.arch import default_arch
 from prune_perception.models.checkpoint import load_checkpoint, save_checkpoint
 from prune_perception.models.detector import Detector, model_widths
 from prune_perception.pruning.importance import make_importance
-from prune_perception.pruning.latency_budget import (GroupSensitivity, allocate_widths, run_latency_pruning,
+from prune_perception.pruning import prune
+from prune_perception.pruning.latency_budget import (GroupSensitivity, allocate_widths,
                                                      search_latency_ladder)
 from prune_perception.pruning.latency_model import (CostFeatures, LatencyMeter, LatencyModel, MeasureSettings,
                                                     WidthSpace, check_device, spearman)
@@ -121,7 +122,7 @@ def test_ladder_says_which_constraint_bound():
 def test_impossible_target_is_a_clear_error(random_checkpoint, tiny_synth, tmp_path):
     config = _config(random_checkpoint, tiny_synth, tmp_path, "prune.latency_ms=0.001")
     with pytest.raises(ConfigError, match="below what the smallest network") as error:
-        run_latency_pruning(config, progress=False)
+        prune(config, progress=False)
     assert "\n" not in str(error.value) and "max_layer_ratio 0.9" in str(error.value)
 
 
@@ -150,7 +151,7 @@ def test_bad_latency_settings(random_checkpoint, tiny_synth, tmp_path):
                            (["prune.latency_ms=4", "prune.latency_margin=0.7"], "latency_margin"),
                            (["prune.latency_ms=4", "prune.granularity=weight"], "must be channel")):
         with pytest.raises(ConfigError, match=message):
-            run_latency_pruning(_config(random_checkpoint, tiny_synth, tmp_path, *extra), progress=False)
+            prune(_config(random_checkpoint, tiny_synth, tmp_path, *extra), progress=False)
 
 
 # ------------------------------------------------------------------ end to end
@@ -164,7 +165,9 @@ def test_latency_pruning_end_to_end(random_checkpoint, tiny_synth, tmp_path):
     target = round(smallest.p50 + 0.6 * (dense.p50 - smallest.p50), 3)
     config = _config(random_checkpoint, tiny_synth, tmp_path, f"prune.latency_ms={target}",
                      "prune.latency_margin=0.1")
-    outcome = run_latency_pruning(config, progress=False)
+    result = prune(config, progress=False)
+    outcome = result.details
+    assert result.mode == "latency" and result.path == outcome.path and result.final.macs == outcome.macs
     assert outcome.bound == "latency" and outcome.macs < outcome.dense_macs
     history = json.loads((tmp_path / "history.json").read_text())
     latency = history["latency"]
@@ -186,7 +189,7 @@ def test_report_draws_the_latency_target(tmp_path):
     from prune_perception.config import to_dict
     from prune_perception.evaluation.html_report import write_pruning_report
     from prune_perception.models.cost import model_cost
-    from prune_perception.pruning.run import PruneStep
+    from prune_perception.pruning.history import PruneStep
 
     model = Detector(default_arch("nano", 3)).eval()
     dense = model_cost(model, INPUT_HW)

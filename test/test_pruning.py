@@ -11,7 +11,7 @@ from prune_perception.models.arch import default_arch
 from prune_perception.models.checkpoint import load_checkpoint, save_checkpoint
 from prune_perception.models.detector import Detector
 from prune_perception.pruning.importance import IMPORTANCE_CRITERIA, make_importance
-from prune_perception.pruning.run import run_pruning
+from prune_perception.pruning import prune
 from prune_perception.models.cost import model_cost
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner
 
@@ -77,7 +77,8 @@ def test_prune_run_with_taylor_and_finetuning(tiny_train_config, tmp_path):
         f"checkpoint={dense}", f"data.train={tiny_train_config.data.train}", f"data.val={tiny_train_config.data.val}",
         "prune.method=taylor", "prune.ratio=0.5", "prune.iterative_steps=2", "prune.taylor_batches=2",
         "finetune.epochs=1", "finetune.batch_size=8", f"output={tmp_path / 'pruned'}"])
-    path, history = run_pruning(config, progress=False)
+    result = prune(config, progress=False)
+    path, history = result.path, result.history
     assert [h.step for h in history] == [0, 1, 2]
     assert history[2].macs < history[1].macs < history[0].macs
     checkpoint = load_checkpoint(path)

@@ -10,7 +10,8 @@ from prune_perception.errors import ConfigError
 from prune_perception.models.arch import default_arch
 from prune_perception.models.checkpoint import load_checkpoint
 from prune_perception.models.detector import Detector, model_widths
-from prune_perception.pruning.budget import run_budget_pruning, search_budget, validate_budget_settings
+from prune_perception.pruning import prune
+from prune_perception.pruning.budget import search_budget, validate_budget_settings
 from prune_perception.pruning.importance import make_importance
 from prune_perception.pruning.sensitivity import run_sensitivity, select_groups
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner, prunable_groups
@@ -122,7 +123,9 @@ def test_budget_pruning_end_to_end(random_checkpoint, tiny_synth, tmp_path):
         f"checkpoint={random_checkpoint}", f"data.train={tiny_synth}", f"data.val={tiny_synth}",
         "prune.budget=100", "prune.budget_ratios=[0.25, 0.5]", "finetune.epochs=1", "finetune.batch_size=8",
         f"output={tmp_path}"])
-    path, candidates, ratio = run_budget_pruning(config, progress=False)
+    result = prune(config, progress=False)
+    path, candidates, ratio = result.path, result.candidates, result.chosen_ratio
+    assert result.mode == "budget" and result.final.macs == candidates[1].macs and not result.kept_dense
     assert [c.ratio for c in candidates] == [0.25, 0.5] and ratio == 0.5 and all(c.within_budget for c in candidates)
     checkpoint = load_checkpoint(path)
     assert checkpoint.meta["pruning"]["ratio"] == 0.5 and checkpoint.meta["pruning"]["macs"] == candidates[1].macs

@@ -15,7 +15,7 @@ from prune_perception.models.arch import default_arch
 from prune_perception.models.checkpoint import load_checkpoint, save_checkpoint
 from prune_perception.models.detector import Detector, model_widths
 from prune_perception.pruning.importance import make_importance
-from prune_perception.pruning.run import run_pruning
+from prune_perception.pruning import prune
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner
 from prune_perception.training.distillation import NECK_OUTPUTS, Distiller
 from prune_perception.training.regularization import SparsityRegularizer
@@ -126,7 +126,7 @@ def test_prune_run_with_distillation(tiny_synth, tmp_path):
         f"checkpoint={tmp_path / 'dense.pt'}", f"data.train={tiny_synth}", f"data.val={tiny_synth}",
         "prune.ratio=0.3", "finetune.epochs=1", "finetune.batch_size=8", "finetune.ema=false",
         "distill.enabled=true", "distill.mode=both", f"output={tmp_path / 'pruned'}"])
-    path, _ = run_pruning(config, progress=False)
+    path = prune(config, progress=False).path
     epochs = json.loads((tmp_path / "pruned" / "finetune_step1" / "history.json").read_text())
     assert epochs[0]["loss_distill"] > 0 and epochs[0]["loss_sparsity"] == 0
     assert not any("adapter" in key for key in torch.load(path, weights_only=True)["state_dict"])

@@ -8,7 +8,7 @@ from prune_perception.errors import ConfigError
 from prune_perception.models.arch import default_arch
 from prune_perception.models.checkpoint import load_checkpoint, save_checkpoint
 from prune_perception.models.detector import Detector, model_widths
-from prune_perception.pruning.run import run_pruning
+from prune_perception.pruning import prune
 from prune_perception.pruning.unstructured import FIXED_L1_FRACTION, masked_convs, prune_unstructured
 
 INPUT_HW = (96, 160)
@@ -88,4 +88,4 @@ def test_config_rejects_fixed_l1_without_weight_granularity(tmp_path):
         config = load_config(PruneConfig, None, overrides + [f"checkpoint={tmp_path / 'missing.pt'}",
                                                              f"output={tmp_path / 'out'}"])
         with pytest.raises(ConfigError, match=message):
-            run_pruning(config, progress=False)
+            prune(config, progress=False)

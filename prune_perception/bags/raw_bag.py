@@ -50,7 +50,7 @@ class TopicMeta:
     """metadata.yaml's offered QoS differ from the storage's (plain rosbags would read 0 messages)."""
 
 
-def _one_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """An exception's text on one line (YAML and storage errors span several): error messages stay one line."""
     return " ".join(str(exc).split())
 
@@ -76,7 +76,7 @@ def _read_metadata(bag: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load((bag / METADATA).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise BagError(f"{bag}: cannot read {METADATA} ({_one_line(exc)})") from None
+        raise BagError(f"{bag}: cannot read {METADATA} ({first_line(exc)})") from None
     info = document.get("rosbag2_bagfile_information") if isinstance(document, dict) else None
     if not isinstance(info, dict):
         raise BagError(f"{bag}: {METADATA} has no 'rosbag2_bagfile_information' mapping")
@@ -162,11 +162,11 @@ class RawBag:
         try:
             self._reader = Reader(self.path)
         except Exception as exc:  # rosbags' own metadata parsing: ReaderError, KeyError, TypeError...
-            raise BagError(f"{self.path}: cannot read {METADATA} ({type(exc).__name__}: {_one_line(exc)})") from None
+            raise BagError(f"{self.path}: cannot read {METADATA} ({type(exc).__name__}: {first_line(exc)})") from None
         try:
             self._reader.open()
         except Exception as exc:  # rosbags raises ReaderError, apsw and OS errors, KeyError...
-            raise BagError(f"{self.path}: cannot open the bag's storage ({type(exc).__name__}: {_one_line(exc)}); the "
+            raise BagError(f"{self.path}: cannot open the bag's storage ({type(exc).__name__}: {first_line(exc)}); the "
                            ".db3/.mcap file may be truncated or corrupt") from None
         try:
             self._stored: list[Connection] = [c for s in self._reader.storage.storages for c in s.connections]
@@ -180,7 +180,7 @@ class RawBag:
             raise
         except Exception as exc:  # a corrupt topic table (metadata.yaml or storage): unusable, say so
             self.close()
-            raise BagError(f"{self.path}: cannot read the bag's topic table ({type(exc).__name__}: {_one_line(exc)}); "
+            raise BagError(f"{self.path}: cannot read the bag's topic table ({type(exc).__name__}: {first_line(exc)}); "
                            f"{METADATA} or the storage file may be corrupt") from None
         except BaseException:
             self.close()
@@ -260,7 +260,7 @@ class RawBag:
         except Exception as exc:  # storage errors: truncated chunks, malformed database pages, zstd...
             read = ", ".join(f"{t}: {counts[t]}" for t in sorted(wanted))
             raise BagError(f"{self.path}: reading messages failed after {read} messages ({type(exc).__name__}: "
-                           f"{_one_line(exc)}); the storage file may be truncated or corrupt") from None
+                           f"{first_line(exc)}); the storage file may be truncated or corrupt") from None
         for topic in sorted(wanted):
             if counts[topic] != self.topics[topic].stored_count:
                 raise BagError(f"{self.path}: topic {topic}: read {counts[topic]} messages but the storage holds "

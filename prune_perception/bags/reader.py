@@ -19,7 +19,7 @@ from typing import Any
 from prune_perception.bags.detections import LabelledBoxes, detections_from_msg
 from prune_perception.bags.images import decode_image
 from prune_perception.bags.messages import stamp_ns
-from prune_perception.bags.raw_bag import RawBag, TopicMeta, _one_line
+from prune_perception.bags.raw_bag import RawBag, TopicMeta, first_line
 from prune_perception.bags.topics import CLASSES_KEY, GT_TOPIC
 from prune_perception.bags.typestore import COMPRESSED_IMAGE, DETECTION2D_ARRAY, IMAGE_TYPES, deserialize, typestore
 from prune_perception.errors import BagError, InputImageError
@@ -92,7 +92,7 @@ class EvalBag:
             except Exception as exc:  # a broken message: yielded, fails later as a frame
                 yield BagFrame(index, log_time, log_time, None,
                                f"{self.path}: {self.image_topic} message {index} at {log_time} ns cannot be "
-                               f"deserialized ({type(exc).__name__}: {_one_line(exc)})", bytes(data))
+                               f"deserialized ({type(exc).__name__}: {first_line(exc)})", bytes(data))
                 continue
             yield BagFrame(index, stamp_ns(msg.header), log_time, msg, data=bytes(data))
 
@@ -105,7 +105,7 @@ class EvalBag:
                 msg = deserialize(data, msgtype)
             except Exception as exc:
                 raise BagError(f"{self.path}: ground-truth message {index} on {self.gt_topic} at {log_time} ns "
-                               f"cannot be deserialized ({type(exc).__name__}: {_one_line(exc)})") from None
+                               f"cannot be deserialized ({type(exc).__name__}: {first_line(exc)})") from None
             yield stamp_ns(msg.header), log_time, detections_from_msg(msg)
 
     def ground_truth(self) -> dict[int, LabelledBoxes]:

@@ -18,7 +18,9 @@ from typing import Any
 from prune_perception.config import PruneConfig, PruneSettings, to_dict
 from prune_perception.errors import ConfigError
 from prune_perception.models.detector import Detector
-from prune_perception.pruning.run import PruneStep, prune_model, prune_spec, save_pruned, start_run
+from prune_perception.pruning.dense import save_pruned, start_run
+from prune_perception.pruning.history import PruneResult, PruneStep
+from prune_perception.pruning.schedules import prune_model, prune_spec
 
 BUDGET_SEARCHES = ("steps", "bisect")
 
@@ -99,17 +101,15 @@ def search_budget(evaluate_candidate: Callable[[float], tuple[float, Any]], dens
     return trials, max(passed, key=lambda t: t.ratio) if passed else None
 
 
-def run_budget_pruning(config: PruneConfig, progress: bool = True,
-                       fan_out: Callable | None = None) -> tuple[Path, list[BudgetCandidate], float | None]:
+def run_budget_pruning(config: PruneConfig, progress: bool = True, fan_out: Callable | None = None) -> PruneResult:
     """Search the ratio for `prune.budget`; writes pruned.pt (dense when no ratio fits), history.json, summary.md.
 
-    Returns the checkpoint path, every candidate, and the chosen ratio (None: the dense model was kept).
+    The result's `candidates` are BudgetCandidate rows, `chosen_ratio` None when the dense model was kept.
     `fan_out(config, dense_checkpoint, ratios) -> {ratio: (model, final PruneStep, seconds)}` evaluates the
     candidates of a `steps` search elsewhere, all at once (scaleout/budget.py: DaskBudgetCandidates); the
-    search then runs over those results.
+    search then runs over those results. Validation is `pruning.api.validate_prune_config`'s.
     """
     settings = config.prune
-    validate_budget_settings(settings)
     baseline = start_run(config)
     checkpoint, evaluate, output = baseline.checkpoint, baseline.evaluate, baseline.output
     dense, input_hw = checkpoint.model, checkpoint.input_hw
@@ -135,18 +135,32 @@ def run_budget_pruning(config: PruneConfig, progress: bool = True,
                                  settings.budget_ratios, settings.ratio, settings.budget_tolerance)
     candidates = [BudgetCandidate(t.ratio, step.params, step.macs, t.mAP50, step.mAP50_95, seconds, t.within_budget)
                   for t in trials for _, step, seconds in [t.extra]]
+    chosen_ratio = best.ratio if best else None
     model = best.extra[0] if best else dense
     pruned_path = save_pruned(config, baseline, model, best.mAP50 if best else dense_map.map50, {
         "method": settings.method, "budget": settings.budget, "budget_search": settings.budget_search,
-        "ratio": best.ratio if best else 0.0, "within_budget": best is not None, "kept_dense": best is None})
+        "ratio": chosen_ratio or 0.0, "within_budget": best is not None, "kept_dense": best is None})
     (output / "history.json").write_text(json.dumps({
         "config": to_dict(config), "dense": {"params": dense_cost.params, "macs": dense_cost.macs,
                                              "mAP50": dense_map.map50, "mAP50_95": dense_map.map50_95},
-        "candidates": [asdict(c) for c in candidates], "chosen_ratio": best.ratio if best else None,
-        "seconds": round(time.monotonic() - baseline.started, 1)}, indent=2))
+        "candidates": [asdict(c) for c in candidates], "chosen_ratio": chosen_ratio,
+        "seconds": baseline.seconds()}, indent=2))
     (output / "summary.md").write_text(budget_markdown(candidates, dense_map.map50, dense_cost.macs, settings,
-                                                       best.ratio if best else None))
-    return pruned_path, candidates, best.ratio if best else None
+                                                       chosen_ratio))
+    history = [baseline.step()] + ([best.extra[1]] if best else [])
+    return PruneResult("budget", pruned_path, output, history, _budget_summary(pruned_path, candidates, settings,
+                                                                               chosen_ratio),
+                       candidates, chosen_ratio, kept_dense=best is None)
+
+
+def _budget_summary(path: Path, candidates: list[BudgetCandidate], settings: PruneSettings,
+                    chosen_ratio: float | None) -> list[str]:
+    if chosen_ratio is None:
+        return [f"no ratio kept val mAP50 within {settings.budget:g} points: dense model written unchanged to {path}"]
+    chosen = next(c for c in candidates if c.ratio == chosen_ratio)
+    return [f"pruned checkpoint: {path} (ratio {chosen_ratio:g}, largest within {settings.budget:g} mAP50 points; "
+            f"{len(candidates)} candidates): params {chosen.params:,}, MACs {chosen.macs / 1e6:.1f}M, val mAP50 "
+            f"{chosen.mAP50:.3f}"]
 
 
 def budget_markdown(candidates: list[BudgetCandidate], dense_map50: float, dense_macs: int, settings: PruneSettings,

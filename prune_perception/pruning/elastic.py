@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from prune_perception.config import ModelConfig, PruneConfig, TrainConfig
+from prune_perception.config import PruneConfig, TrainConfig
 from prune_perception.errors import ConfigError
 from prune_perception.evaluation.coco_map import MapResult
 from prune_perception.models.checkpoint import load_checkpoint
@@ -39,8 +39,9 @@ from prune_perception.models.cost import model_cost
 from prune_perception.models.detector import Detector
 from prune_perception.pruning.channel_masks import (Selection, SoftSelector, StraightThroughMask,
                                                     remove_zeroed_channels, selection_filters, zero_selection)
+from prune_perception.pruning.finetune import finetune, finetune_config, make_distiller
+from prune_perception.pruning.history import PruneStep
 from prune_perception.pruning.importance import make_importance
-from prune_perception.pruning.run import PruneStep, _distiller, _finetune
 from prune_perception.pruning.structured import PruneSpec
 from prune_perception.training.distillation import Distiller
 from prune_perception.training.trainer import Trainer
@@ -121,11 +122,6 @@ class ElasticTrainer(Trainer):
         return self.probe
 
 
-def _train_config(config: PruneConfig, input_hw: tuple[int, int], epochs: int, output: Path) -> TrainConfig:
-    return TrainConfig(data=config.data, model=ModelConfig(input_size=list(input_hw)), augment=config.augment,
-                       optim=dataclasses.replace(config.finetune, epochs=epochs), output=str(output))
-
-
 def elastic_prune(config: PruneConfig, model: Detector, input_hw: tuple[int, int], spec: PruneSpec,
                   evaluate: Callable[[Detector], MapResult], output: Path, progress: bool = True) -> PruneStep:
     """Soft-prune `model` while fine-tuning, then remove the final selection for real (in place).
@@ -137,8 +133,8 @@ def elastic_prune(config: PruneConfig, model: Detector, input_hw: tuple[int, int
     started = time.monotonic()
     settings = config.prune
     soft_epochs = config.finetune.epochs - settings.elastic_hard_epochs
-    trainer = ElasticTrainer(_train_config(config, input_hw, soft_epochs, output / "finetune_elastic"), model,
-                             input_hw, settings.method, spec, progress, _distiller(config, model))
+    trainer = ElasticTrainer(finetune_config(config, input_hw, output / "finetune_elastic", soft_epochs), model,
+                             input_hw, settings.method, spec, progress, make_distiller(config, model))
     pruned_map = evaluate(trainer.eval_model)   # before any fine-tuning: the one-shot selection removed
     try:
         result = trainer.fit()
@@ -149,10 +145,9 @@ def elastic_prune(config: PruneConfig, model: Detector, input_hw: tuple[int, int
     remove_zeroed_channels(model, input_hw)   # exact: the best checkpoint is the zeroed network
     tuned_map = result.best_map
     if settings.elastic_hard_epochs > 0:
-        hard_config = dataclasses.replace(config, finetune=dataclasses.replace(
-            config.finetune, epochs=settings.elastic_hard_epochs))
         removed = copy.deepcopy(model.state_dict())
-        hard_map = _finetune(hard_config, model, input_hw, output / "finetune_hard", progress)
+        hard_map = finetune(config, model, input_hw, output / "finetune_hard", progress,
+                            epochs=settings.elastic_hard_epochs)
         if hard_map.map50 >= tuned_map.map50:
             tuned_map = hard_map
         else:   # like early stopping: the removed network as it came out of the soft phase was better

@@ -54,8 +54,9 @@ from prune_perception.models.detector import Detector, model_widths
 from prune_perception.models.inference import LetterboxedImages, evaluate_model
 from prune_perception.pruning.channel_masks import ChannelGroups, restore, snapshot, zero_selection
 from prune_perception.pruning.importance import make_importance
-from prune_perception.pruning.run import (PruneStep, prune_markdown, prune_model, resolve_schedule, save_pruned,
-                                          start_run)
+from prune_perception.pruning.dense import save_pruned, start_run
+from prune_perception.pruning.history import PruneResult, PruneStep, prune_markdown
+from prune_perception.pruning.schedules import prune_model, resolve_schedule
 from prune_perception.pruning.latency_model import (CostFeatures, LatencyMeter, LatencyModel, MeasureSettings,
                                                     WidthSpace, check_device, export_candidate, time_models)
 from prune_perception.pruning.structured import PruneSpec
@@ -361,10 +362,12 @@ def calibration_candidates(space: WidthSpace, seed: int = 0) -> list[np.ndarray]
     return list(unique.values())
 
 
-def run_latency_pruning(config: PruneConfig, progress: bool = True) -> LatencyOutcome:
+def run_latency_pruning(config: PruneConfig, progress: bool = True) -> PruneResult:
     """`prune --latency-ms` (optionally with `--budget`); writes pruned.pt, pruned.onnx, dense.onnx, history.json,
-    summary.md and latency_cache.json to `config.output`."""
-    validate_latency_settings(config)
+    summary.md and latency_cache.json to `config.output`. The result's `details` is the LatencyOutcome.
+
+    Validation is `pruning.api.validate_prune_config`'s (validate_latency_settings).
+    """
     settings = config.prune
     schedule = resolve_schedule(settings)
     output = Path(config.output)
@@ -472,9 +475,7 @@ def run_latency_pruning(config: PruneConfig, progress: bool = True) -> LatencyOu
     pruned_path = save_pruned(config, baseline, final_model, chosen.mAP50, meta)
     export_onnx(pruned_path, output / "pruned.onnx")
 
-    history_steps = [PruneStep(0, 0.0, baseline.cost.params, baseline.cost.macs, dense_map.map50,
-                               dense_map.map50_95, dense_map.map50, dense_map.map50_95, 0.0,
-                               latency_p50_ms=round(final_dense.p50, 4), latency_p99_ms=round(final_dense.p99, 4))]
+    history_steps = [baseline.step(latency_p50_ms=round(final_dense.p50, 4), latency_p99_ms=round(final_dense.p99, 4))]
     if not details["dense"]:
         count = len(details["steps"])
         history_steps += [dataclasses.replace(s, ratio=round(channel_ratio * s.step / count, 6))
@@ -504,7 +505,8 @@ def run_latency_pruning(config: PruneConfig, progress: bool = True) -> LatencyOu
                              final_dense.p99, final_pruned.p50, final_pruned.p99, met, dense_map.map50, chosen.mAP50,
                              baseline.cost.macs, cost.macs, settings.budget, candidates)
     (output / "summary.md").write_text(latency_markdown(outcome, history_steps, schedule, settings.method))
-    return outcome
+    return PruneResult("latency", pruned_path, output, history_steps, outcome.summary_lines(), candidates,
+                       channel_ratio, kept_dense=details["dense"], details=outcome)
 
 
 def _candidate_row(trial: LadderTrial, dense_map50: float) -> dict:

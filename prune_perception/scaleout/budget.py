@@ -2,7 +2,7 @@
 
 The `steps` search tries `prune.budget_ratios` in ascending order and stops at the first ratio over
 budget. Fanned out, every ratio is evaluated in parallel (one task each: prune a copy of the dense
-model to that ratio, fine-tune, evaluate — :func:`~prune_perception.pruning.run.prune_model`, as in
+model to that ratio, fine-tune, evaluate — :func:`~prune_perception.pruning.schedules.prune_model`, as in
 the serial search), and then the same search runs over the finished results, so the chosen ratio,
 `history.json` and `summary.md` are those of the serial run. Ratios past the first one over budget
 are computed speculatively (their fine-tuning folders exist) but not listed, exactly as serially.
@@ -25,7 +25,7 @@ from prune_perception.config import PruneConfig
 from prune_perception.errors import ConfigError
 from prune_perception.models.checkpoint import Checkpoint
 from prune_perception.models.detector import Detector, model_widths
-from prune_perception.pruning.run import PruneStep
+from prune_perception.pruning.history import PruneStep
 from prune_perception.scaleout.runner import FanOutSettings, TaskFailures, map_tasks
 
 
@@ -34,7 +34,7 @@ def _candidate_task(ratio: float, shared: dict[str, Any]) -> tuple[dict, dict, P
 
     from prune_perception.data.dataset import load_dataset
     from prune_perception.models.inference import LetterboxedImages, evaluate_model
-    from prune_perception.pruning.run import prune_model, prune_spec
+    from prune_perception.pruning.schedules import prune_model, prune_spec
 
     torch.set_num_threads(1)   # one core per worker (threads_per_worker=1)
     started = time.monotonic()
@@ -53,7 +53,8 @@ def _candidate_task(ratio: float, shared: dict[str, Any]) -> tuple[dict, dict, P
 
 @dataclass
 class DaskBudgetCandidates:
-    """``run_budget_pruning(..., fan_out=DaskBudgetCandidates(settings))``: candidates evaluated on Dask.
+    """``prune(config, fan_out=settings)`` runs ``run_budget_pruning(..., fan_out=DaskBudgetCandidates(settings))``:
+    candidates evaluated on Dask.
 
     Called with the config, the dense checkpoint and the ratios; returns ``{ratio: (model, final PruneStep,
     seconds)}``. Any failed candidate raises :class:`TaskFailures` (a search with a hole would not be the

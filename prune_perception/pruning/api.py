@@ -1,0 +1,80 @@
+"""The one pruning entry point: `prune(config) -> PruneResult`.
+
+It owns the choice of mode and its validation, so the CLI, the demo, benchmarks, Dask and torchrun all
+behave alike:
+
+- `ratio` (run.py): remove `prune.ratio` of the channels (or weights), one-shot / iterative / elastic;
+- `budget` (budget.py, when `prune.budget` is set): the largest ratio whose fine-tuned mAP50 drop stays
+  within the budget; `fan_out` evaluates its candidates on Dask (scaleout/budget.py);
+- `latency` (latency_budget.py, when `prune.latency_ms` is set, with `prune.budget` or without): the
+  fastest network that meets a measured latency target.
+
+Under torchrun rank 0 prunes and writes, every rank fine-tunes (ddp_finetune.py); the other ranks get None.
+"""
+
+from __future__ import annotations
+
+from prune_perception.config import PruneConfig
+from prune_perception.errors import ConfigError
+from prune_perception.pruning.budget import run_budget_pruning, validate_budget_settings
+from prune_perception.pruning.ddp_finetune import run_on_ranks
+from prune_perception.pruning.elastic import validate_elastic
+from prune_perception.pruning.history import PruneResult
+from prune_perception.pruning.latency_budget import run_latency_pruning, validate_latency_settings
+from prune_perception.pruning.run import run_pruning
+from prune_perception.pruning.schedules import resolve_schedule
+from prune_perception.pruning.unstructured import check_granularity
+from prune_perception.scaleout.runner import FanOutSettings
+from prune_perception.training.distillation import validate_distill_settings
+from prune_perception.training.distributed import env_context
+
+PRUNE_MODES = ("ratio", "budget", "latency")
+
+
+def prune_mode(config: PruneConfig) -> str:
+    """The mode a config asks for: latency when `prune.latency_ms` is set, else budget with `prune.budget`, else ratio."""
+    if config.prune.latency_ms is not None:
+        return "latency"
+    return "budget" if config.prune.budget is not None else "ratio"
+
+
+def validate_prune_config(config: PruneConfig, fan_out: FanOutSettings | None = None) -> str:
+    """Every check of a pruning run before anything is loaded; returns its mode. Raises ConfigError."""
+    settings = config.prune
+    validate_distill_settings(config.distill)
+    check_granularity(settings.granularity, settings.method)
+    if resolve_schedule(settings) == "elastic":
+        validate_elastic(config)
+    mode = prune_mode(config)
+    if mode == "latency":
+        validate_latency_settings(config)
+    elif mode == "budget":
+        validate_budget_settings(settings)
+    if fan_out is not None:
+        if mode != "budget":
+            raise ConfigError("--scheduler / --workers fan out the candidates of an accuracy-budget search: they "
+                              "need --budget (and no --latency-ms)")
+        if settings.budget_search != "steps":
+            raise ConfigError(f"only the steps budget search fans out its candidates (bisect is sequential): "
+                              f"prune.budget_search is {settings.budget_search!r}")
+        if env_context().is_distributed:
+            raise ConfigError("--scheduler / --workers (Dask) and torchrun do not combine: use one of them")
+    return mode
+
+
+def prune(config: PruneConfig, progress: bool = True, fan_out: FanOutSettings | None = None) -> PruneResult | None:
+    """Validate `config`, then prune as its mode says; writes the run's outputs to `config.output`.
+
+    Returns None only on torchrun ranks other than 0 (they serve rank 0's fine-tuning jobs).
+    """
+    mode = validate_prune_config(config, fan_out)
+    if mode == "latency":
+        return run_on_ranks(config, lambda: run_latency_pruning(config, progress))
+    if mode == "budget":
+        candidates_on = None
+        if fan_out is not None:
+            from prune_perception.scaleout.budget import DaskBudgetCandidates   # Dask only when fanning out
+
+            candidates_on = DaskBudgetCandidates(fan_out)
+        return run_on_ranks(config, lambda: run_budget_pruning(config, progress, candidates_on))
+    return run_on_ranks(config, lambda: run_pruning(config, progress))
