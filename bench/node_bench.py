@@ -1,6 +1,6 @@
 """Benchmark: what does the ROS 2 detector node cost on top of the engine and the image transport?
 
-Four measurements in one run, with one ONNX Runtime thread throughout (DESIGN §9, §10):
+Four measurements in one run, with one ONNX Runtime thread throughout (docs/design.md §9, §10):
 
 1. engine    – ``DetectorEngine.detect`` on a 640x480 rgb8 frame, in this process, pinned to the core the
                node will use (no ROS);

@@ -1,7 +1,7 @@
 """Shared pytest setup.
 
 Order matters: the environment defaults below are set at import time, before any test module
-imports rclpy, so every ROS process of the test run keeps DDS traffic on loopback (DESIGN §9)
+imports rclpy, so every ROS process of the test run keeps DDS traffic on loopback (docs/design.md §9)
 and uses its own domain id. `make test` sets both explicitly; these are the fallbacks for a bare
 `.venv/bin/pytest`.
 """

@@ -1,4 +1,4 @@
-"""DESIGN §1 rules: the vehicle side (runtime/, bags/, ros/) never imports torch; only ros/ imports rclpy."""
+"""docs/design.md §1 rules: the vehicle side (runtime/, bags/, ros/) never imports torch; only ros/ imports rclpy."""
 
 import subprocess
 import sys
