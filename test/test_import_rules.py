@@ -10,7 +10,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prune_perception"
 
 
 def _modules(sub: str) -> list[str]:
-    return sorted(f"prune_perception.{sub}.{p.stem}" for p in (PACKAGE / sub).glob("*.py") if p.stem != "__init__")
+    """Every module of prune_perception/<sub>/, subpackages included."""
+    return sorted(".".join(("prune_perception",) + p.relative_to(PACKAGE).with_suffix("").parts)
+                  for p in (PACKAGE / sub).rglob("*.py") if p.stem != "__init__")
 
 
 def _imported_after(modules: list[str]) -> set[str]:
