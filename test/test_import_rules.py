@@ -40,6 +40,7 @@ def test_vehicle_side_never_imports_torch(sub):
 
 def test_only_ros_imports_rclpy():
     others = [m for sub in ("runtime", "data", "evaluation", "export") for m in _modules(sub)]
-    others += ["prune_perception.node_params", "prune_perception.config", "prune_perception.cli"]
+    others += ["prune_perception.node_params", "prune_perception.config", "prune_perception.cli",
+               "prune_perception.ros_env"]
     loaded = _imported_after(others)
     assert "rclpy" not in loaded, "a module outside prune_perception/ros imports rclpy"
