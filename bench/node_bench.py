@@ -1,6 +1,6 @@
 """Benchmark: what does the ROS 2 detector node cost on top of the engine and the image transport?
 
-Four measurements in one run, with one ONNX Runtime thread throughout (DESIGN §9, §10):
+Four measurements in one run, with one ONNX Runtime thread throughout (docs/design.md §9, §10):
 
 1. engine    – ``DetectorEngine.detect`` on a 640x480 rgb8 frame, in this process, pinned to the core the
                node will use (no ROS);
@@ -42,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from prune_perception.evaluation.plots import pyplot, save_figure
+from prune_perception import ros_env
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROFILE = REPO / "config" / "fastdds_shm_localhost.xml"
@@ -67,24 +68,16 @@ STOP_TIMEOUT_S = 5.0
 
 # ---------------------------------------------------------------------------------------------- environment ----
 def ros_environment(domain_id: int, profile: Path | None, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for an rclpy process of this bench: DDS on loopback, own domain, this venv's ament prefix,
-    this working tree's package, and the Fast DDS profile (or none: Fast DDS defaults)."""
-    env = dict(os.environ if base is None else base)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env["ROS_DOMAIN_ID"] = str(domain_id)
-    ament = [p for p in env.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
-    if sys.prefix not in ament:
-        env["AMENT_PREFIX_PATH"] = os.pathsep.join([sys.prefix, *ament])
+    """Environment for an rclpy process of this bench: :func:`ros_env.loopback_environment` (DDS on loopback, own
+    domain, this venv's ament prefix, the Fast DDS profile or none: Fast DDS defaults), plus this working tree's
+    package, unbuffered output and one OpenMP thread."""
+    env = ros_env.loopback_environment(base, domain_id, profile)
     import prune_perception
 
     package_root = str(Path(prune_perception.__file__).resolve().parents[1])  # the same copy as this process
     python_path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if package_root not in python_path:
         env["PYTHONPATH"] = os.pathsep.join([package_root, *python_path])
-    if profile is None:
-        env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
-    else:
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
@@ -660,7 +653,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-shm", action="store_true", help="run without any Fast DDS profile (Fast DDS defaults)")
     parser.add_argument("--skip-no-shm", action="store_true",
                         help="don't also measure the transport floor without the profile")
-    parser.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID") or os.getpid() % 101 + 1))
+    parser.add_argument("--domain-id", type=int, default=ros_env.domain_id())
     parser.add_argument("--quiet", action="store_true", help="print only the Markdown table")
     args = parser.parse_args(argv)
     unknown = set(args.parts.split(",")) - set(PARTS)

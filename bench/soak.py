@@ -39,6 +39,7 @@ from node_bench import (DEFAULT_PROFILE, NAMESPACE, NODE_DETECTIONS_TOPIC, NODE_
                         START_TIMEOUT_S, Child, Client, _detections_type, bench_frame, bench_model, counts, json_safe,
                         pin_process, prepare_bench_process, split_cores, start_node)
 from prune_perception.evaluation.plots import pyplot, save_figure  # noqa: E402
+from prune_perception import ros_env  # noqa: E402
 
 GOAL_RSS_GROWTH_PCT = 5.0
 GOAL_P99_OVER_P50 = 2.0
@@ -401,7 +402,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=200, help="timed frames of the unloaded measurement")
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--output", "-o", default="runs/soak")
-    parser.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID") or os.getpid() % 101 + 1))
+    parser.add_argument("--domain-id", type=int, default=ros_env.domain_id())
     args = parser.parse_args(argv)
     if args.sample_every is None:
         args.sample_every = min(5.0, max(1.0, args.duration / 120))

@@ -42,14 +42,24 @@ class ModelConfig:
 
 @dataclass
 class AugmentSettings:
+    """Training augmentation (see data/augment.py); probabilities, HSV gains and translate lie in 0..1."""
+
     flip_prob: float = 0.5
-    hsv_h: float = 0.015
+    hsv_h: float = 0.015  # hue, saturation and value each change by up to this fraction
     hsv_s: float = 0.5
     hsv_v: float = 0.4
-    scale_min: float = 0.6
+    scale_min: float = 0.6  # random zoom in [scale_min, scale_max]
     scale_max: float = 1.4
-    translate: float = 0.1
+    translate: float = 0.1  # fraction of the image size
     mosaic_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("flip_prob", "mosaic_prob", "hsv_h", "hsv_s", "hsv_v", "translate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"augment.{name} must be in 0..1, got {getattr(self, name)}")
+        if not 0.0 < self.scale_min <= self.scale_max:
+            raise ConfigError(f"augment.scale_min and scale_max must satisfy 0 < scale_min <= scale_max, "
+                              f"got {self.scale_min} and {self.scale_max}")
 
 
 @dataclass

@@ -19,11 +19,12 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from prune_perception.ros_env import loopback_environment
 
 DEFAULT_OUTPUT = "runs/demo"
 DEFAULT_NUM_IMAGES = 1000
@@ -204,19 +205,11 @@ def _bag(data_dir: Path, bag_dir: Path, dataset_identity: dict, fps: float, prog
     return bag
 
 
-def _ros_environment() -> None:
-    """The replay starts rclpy here and in the node: DDS on loopback, this venv on the ament path."""
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    ament = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
-    if sys.prefix not in ament:
-        os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join([sys.prefix] + ament)
-
-
 def _replay(bag: Path, models: dict[str, Path], replay_dir: Path, rate: float, progress: bool) -> tuple[dict, dict]:
     """Each model through the detector node (real time), then through the engine offline (the reference)."""
     from prune_perception.evaluation.bag_eval import evaluate_bag_offline, write_evaluation
 
-    _ros_environment()
+    os.environ.update(loopback_environment())  # the replay starts rclpy here and in the node
     from prune_perception.ros.replay import ReplaySettings, replay_bag
 
     replays, offline = {}, {}

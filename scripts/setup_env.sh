@@ -94,7 +94,7 @@ pip_install() {
 export VIRTUAL_ENV="$VENV"
 export PATH="$VENV/bin:$PATH"
 export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
-# Every process here that may start rclpy stays on loopback (DESIGN §9).
+# Every process here that may start rclpy stays on loopback (docs/design.md §9).
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((RANDOM % 101 + 1))}"
 

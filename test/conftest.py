@@ -1,24 +1,19 @@
 """Shared pytest setup.
 
-Order matters: the environment defaults below are set at import time, before any test module
-imports rclpy, so every ROS process of the test run keeps DDS traffic on loopback (DESIGN §9)
-and uses its own domain id. `make test` sets both explicitly; these are the fallbacks for a bare
-`.venv/bin/pytest`.
+Order matters: the environment below is set at import time, before any test module imports
+rclpy, so every ROS process of the test run keeps DDS traffic on loopback (docs/design.md §9)
+and uses its own domain id (prune_perception/ros_env.py). `make test` sets the same variables;
+a domain id or Fast DDS profile it (or the caller) set is kept.
 """
 
 import os
-import sys
 
 import pytest
 
+from prune_perception.ros_env import loopback_environment
+
 # --- environment (must run before anything imports rclpy) -----------------------------------
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 101 + 1))  # 1..101, per run
-os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "fastdds_shm_localhost.xml"))
-# ament_index (package share dirs, rmw/typesupport lookup) must see this venv's prefix.
-_ament = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
-if sys.prefix not in _ament:
-    os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join([sys.prefix] + _ament)
+os.environ.update(loopback_environment())
 
 
 # --- markers ------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from prune_perception.runtime.preprocess import preprocess_batch
 
 
 def native_metadata(classes, input_hw, /, **changes) -> dict[str, str]:
-    """metadata_props of a native export (DESIGN §5); ``changes`` replace (or, with None, drop) keys."""
+    """metadata_props of a native export (docs/design.md §5); ``changes`` replace (or, with None, drop) keys."""
     props = {
         "prune_perception.format": "prune_perception.onnx/1",
         "classes": json.dumps(list(classes)),
@@ -195,7 +195,7 @@ def test_auto_detection_needs_our_metadata_for_native_layout(tmp_path):
     for part in ("bare.onnx", "no prune_perception metadata found", "native layout", "boxes [1, 84, 4]",
                  "scores [1, 84, 3]", "yolox", "yolov8", "model_format"):
         assert part in message
-    forced = engine(path, model_format="native")  # DESIGN §5 defaults
+    forced = engine(path, model_format="native")  # docs/design.md §5 defaults
     assert forced.info.classes == ("class_0", "class_1", "class_2")
     assert (forced.info.preprocess.color_order, forced.info.preprocess.centered) == ("RGB", True)
 

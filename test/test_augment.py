@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prune_perception.config import AugmentSettings, TrainConfig, load_config
 from prune_perception.data.augment import (
-    AugmentConfig,
     augment,
     clip_and_filter_boxes,
     hflip,
@@ -94,7 +94,7 @@ def test_hflip_moves_boxes_with_pixels():
 @pytest.mark.parametrize("seed", range(20))
 def test_augment_boxes_bound_the_moved_rectangle(seed):
     image, boxes, labels = rectangle_image()
-    config = AugmentConfig(flip_prob=0.5, scale=(0.5, 1.5), translate=0.2, **NO_COLOUR)
+    config = AugmentSettings(flip_prob=0.5, scale_min=0.5, scale_max=1.5, translate=0.2, **NO_COLOUR)
     out_image, out_boxes, out_labels = augment(image, boxes, labels, config, np.random.default_rng(seed))
     assert out_image.shape == image.shape and out_image.dtype == np.uint8
     assert out_boxes.dtype == np.float32 and out_labels.dtype == np.int64
@@ -144,7 +144,7 @@ def test_augment_with_mosaic_keeps_boxes_inside_the_image():
         boxes = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1).astype(np.float32)
         return np.zeros((200, 300, 3), dtype=np.uint8), boxes, np.arange(6, dtype=np.int64)
 
-    config = AugmentConfig(mosaic_prob=1.0)
+    config = AugmentSettings(mosaic_prob=1.0)
     for seed in range(20):
         image, boxes, labels = augment(*random_item(), config, np.random.default_rng(seed), random_item)
         assert image.shape == (200, 300, 3)
@@ -168,7 +168,7 @@ def test_augment_is_deterministic_by_seed():
     image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     boxes = np.array([[10, 10, 80, 90], [60, 30, 150, 110]], dtype=np.float32)
     labels = np.array([0, 1], dtype=np.int64)
-    config = AugmentConfig()
+    config = AugmentSettings()
     first = augment(image, boxes, labels, config, np.random.default_rng(42))
     second = augment(image, boxes, labels, config, np.random.default_rng(42))
     other = augment(image, boxes, labels, config, np.random.default_rng(43))
@@ -177,12 +177,21 @@ def test_augment_is_deterministic_by_seed():
     assert not np.array_equal(first[0], other[0])
 
 
-@pytest.mark.parametrize(
-    "settings", [dict(flip_prob=1.5), dict(mosaic_prob=-0.1), dict(scale=(1.2, 0.8)), dict(scale=(0, 1)), dict(scale=0.5)]
-)
-def test_augment_config_rejects_bad_values(settings):
-    with pytest.raises(ConfigError):
-        AugmentConfig(**settings)
+BAD_SETTINGS = [dict(flip_prob=1.5), dict(mosaic_prob=-0.1), dict(hsv_v=1.01), dict(scale_min=1.2, scale_max=0.8),
+                dict(scale_min=0.0)]
+
+
+@pytest.mark.parametrize("settings", BAD_SETTINGS)
+def test_augment_settings_reject_bad_values(settings):
+    with pytest.raises(ConfigError, match=f"augment.{next(iter(settings))}"):
+        AugmentSettings(**settings)
+
+
+@pytest.mark.parametrize("settings", BAD_SETTINGS + [dict(scale_min="wide")])
+def test_bad_augment_yaml_fails_when_the_config_is_loaded(settings):
+    """The YAML `augment:` section is checked on loading, before any training starts."""
+    with pytest.raises(ConfigError, match="augment"):
+        load_config(TrainConfig, None, [f"augment.{key}={value}" for key, value in settings.items()])
 
 
 def test_vehicle_path_modules_do_not_import_torch():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from prune_perception.data.augment import AugmentConfig
+from prune_perception.config import AugmentSettings
 from prune_perception.data.dataset import (
     DetectionDataset,
     Sample,
@@ -334,7 +334,7 @@ def test_torch_dataset_without_augmentation_matches_letterbox(tmp_path):
 
 def test_torch_dataset_augmentation_is_reproducible_per_epoch(tmp_path):
     dataset = make_dataset(tmp_path)
-    config = AugmentConfig(mosaic_prob=0.5)
+    config = AugmentSettings(mosaic_prob=0.5)
 
     def epoch_items(epoch, cache_images):
         torch_dataset = TorchDetectionDataset(dataset, (40, 56), augment=config, seed=3, cache_images=cache_images)

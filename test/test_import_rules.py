@@ -1,4 +1,4 @@
-"""DESIGN §1 rules: the vehicle side (runtime/, bags/, ros/) never imports torch; only ros/ imports rclpy."""
+"""docs/design.md §1 rules: the vehicle side (runtime/, bags/, ros/) never imports torch; only ros/ imports rclpy."""
 
 import subprocess
 import sys
@@ -10,7 +10,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prune_perception"
 
 
 def _modules(sub: str) -> list[str]:
-    return sorted(f"prune_perception.{sub}.{p.stem}" for p in (PACKAGE / sub).glob("*.py") if p.stem != "__init__")
+    """Every module of prune_perception/<sub>/, subpackages included."""
+    return sorted(".".join(("prune_perception",) + p.relative_to(PACKAGE).with_suffix("").parts)
+                  for p in (PACKAGE / sub).rglob("*.py") if p.stem != "__init__")
 
 
 def _imported_after(modules: list[str]) -> set[str]:
@@ -38,7 +40,8 @@ def test_vehicle_side_never_imports_torch(sub):
 
 def test_only_ros_imports_rclpy():
     others = [m for sub in ("runtime", "data", "evaluation", "export") for m in _modules(sub)]
-    others += ["prune_perception.node_params", "prune_perception.config", "prune_perception.cli"]
+    others += ["prune_perception.node_params", "prune_perception.config", "prune_perception.cli",
+               "prune_perception.ros_env"]
     loaded = _imported_after(others)
     assert "rclpy" not in loaded, "a module outside prune_perception/ros imports rclpy"
 

@@ -1,4 +1,4 @@
-"""Launch files, node executables and the shipped Fast DDS profile, run for real (DESIGN §7, §9).
+"""Launch files, node executables and the shipped Fast DDS profile, run for real (docs/design.md §7, §9).
 
 The launch files run through ``launch.LaunchService`` (what ``ros2 launch`` does inside) in a
 subprocess of their own, from the installed share/ (``make env`` installs the package); an rclpy
@@ -209,7 +209,7 @@ rclpy.shutdown()
 def test_localhost_profile_delivers_raw_frames_between_processes(tmp_path):
     """640x480 rgb8 at 30 Hz, best effort, process to process: (nearly) all arrive with the profile.
 
-    Without it, on these machines, 0-90 of 150 arrive (DESIGN §9)."""
+    Without it, on these machines, 0-90 of 150 arrive (docs/design.md §9)."""
     pytest.importorskip("rclpy")
     count = 60
     env = _ros_env(tmp_path, **{PROFILE_ENV: str(REPO / "config" / PROFILE)})

@@ -9,6 +9,9 @@ import pytest
 from prune_perception.data import synth
 from prune_perception.data.classes import SYNTH_CLASSES
 from prune_perception.data.synth import SynthConfig, generate_dataset, render_scene
+from prune_perception.data.synth.canvas import Painter, Sprite
+from prune_perception.data.synth.objects import draw_car_end
+from prune_perception.data.synth.render import count_visible
 from prune_perception.errors import ConfigError, DatasetError
 
 
@@ -50,13 +53,13 @@ def test_small_object_fraction_and_class_coverage(scenes):
 def test_boxes_are_tight_around_visible_pixels():
     """A car half hidden behind a nearer box: its box covers exactly its visible pixels."""
     image, ids = np.zeros((100, 200, 3), np.uint8), np.zeros((100, 200), np.uint8)
-    painter = synth._Painter(image, ids)
-    car = synth._Sprite(painter, 100.0, 90.0, 40.0, 1, 1.0, 0.0, (0, 0, 0))
-    synth._draw_car_end(car, np.random.default_rng(0), 1.8, 1.5, front=False, lamps_on=False)
-    drawn, full_box = synth._count_visible(painter, 1)
-    occluder = synth._Sprite(painter, 100.0, 95.0, 40.0, 0, 1.0, 0.0, (0, 0, 0))
+    painter = Painter(image, ids)
+    car = Sprite(painter, 100.0, 90.0, 40.0, 1, 1.0, 0.0, (0, 0, 0))
+    draw_car_end(car, np.random.default_rng(0), 1.8, 1.5, front=False, lamps_on=False)
+    drawn, full_box = count_visible(painter, 1)
+    occluder = Sprite(painter, 100.0, 95.0, 40.0, 0, 1.0, 0.0, (0, 0, 0))
     occluder.rect(-2.5, 0, 0.0, 3.0, (255, 255, 255), labelled=False)
-    visible, box = synth._count_visible(painter, 1)
+    visible, box = count_visible(painter, 1)
     rows, cols = np.nonzero(ids == 1)
     assert box == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
     assert box[0] >= 100 and box[2] == full_box[2] and 0.3 < visible / drawn < 0.7
@@ -131,7 +134,7 @@ def test_rerun_with_same_config_is_skipped(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("rendered although the output is complete")
 
-    monkeypatch.setattr(synth, "_render_and_write", fail)
+    monkeypatch.setattr(synth.generate, "_render_and_write", fail)
     assert generate_dataset(tmp_path, config, progress=False) == stats
     assert generate_dataset(tmp_path, SynthConfig(num_images=6, workers=2), progress=False) == stats
     assert tree_mtimes(tmp_path) == before

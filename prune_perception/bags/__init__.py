@@ -1,6 +1,6 @@
 """rosbag2 bags without ROS (rosbags + numpy + OpenCV): dataset <-> bag, evaluation-bag reading, bag info.
 
-Never imports torch, rclpy or ROS message packages (DESIGN §1).
+Never imports torch, rclpy or ROS message packages (docs/design.md §1).
 """
 
 from prune_perception.bags.bag_writer import BagWriter, recorded_qos

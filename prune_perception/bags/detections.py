@@ -1,6 +1,6 @@
 """vision_msgs/Detection2DArray (rosbags messages) <-> xyxy boxes + class names + scores.
 
-Convention (DESIGN §8): bbox centre/size in image pixels, axis-aligned (theta 0);
+Convention (docs/design.md §8): bbox centre/size in image pixels, axis-aligned (theta 0);
 ``results[0].hypothesis.class_id`` is the class *name*, its score the confidence (1.0 for ground
 truth). Reading takes each detection's best-scoring hypothesis.
 """

@@ -1,6 +1,6 @@
 """Open a rosbag2 bag (mcap or sqlite3, metadata.yaml versions up to 9) and read raw messages per topic.
 
-The QoS trap (DESIGN §9): rosbags' ``Reader.messages()`` pairs metadata.yaml's topics with the
+The QoS trap (docs/design.md §9): rosbags' ``Reader.messages()`` pairs metadata.yaml's topics with the
 storage's by topic, type *and* offered QoS; where the two QoS strings differ (older recorders,
 rewritten or reindexed bags) it silently yields nothing for that topic. Here messages are always
 read through the storage's own topic records, so the QoS in metadata.yaml cannot hide any; such

@@ -1,4 +1,4 @@
-"""Topic names and bag conventions of evaluation bags (DESIGN §8)."""
+"""Topic names and bag conventions of evaluation bags (docs/design.md §8)."""
 
 IMAGE_TOPIC = "/camera/image_raw"
 COMPRESSED_TOPIC = "/camera/image_raw/compressed"

@@ -8,42 +8,17 @@ them to the image and drop boxes that became too small or mostly left the image.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from prune_perception.errors import ConfigError
+from prune_perception.config import AugmentSettings
 from prune_perception.runtime.letterbox import DEFAULT_PAD_VALUE
 
 MIN_BOX_SIDE_PX = 2.0  # boxes narrower or lower than this after a transform are dropped
 MIN_VISIBLE_AREA_FRACTION = 0.3  # ... as are boxes that lost more than 70 % of their area to clipping
 
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # (image, boxes, labels)
-
-
-@dataclass
-class AugmentConfig:
-    """Augmentation settings; probabilities, HSV gains and translate lie in 0..1."""
-
-    flip_prob: float = 0.5
-    hsv_h: float = 0.015  # hue, saturation and value each change by up to this fraction
-    hsv_s: float = 0.5
-    hsv_v: float = 0.4
-    scale: tuple[float, float] = (0.6, 1.4)
-    translate: float = 0.1  # fraction of the image size
-    mosaic_prob: float = 0.0
-
-    def __post_init__(self) -> None:
-        try:
-            self.scale = tuple(float(value) for value in self.scale)
-        except (TypeError, ValueError):
-            raise ConfigError(f"augment.scale must be [low, high], got {self.scale!r}") from None
-        for name in ("flip_prob", "mosaic_prob", "hsv_h", "hsv_s", "hsv_v", "translate"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"augment.{name} must be in 0..1, got {getattr(self, name)}")
-        if len(self.scale) != 2 or not 0.0 < self.scale[0] <= self.scale[1]:
-            raise ConfigError(f"augment.scale must be [low, high] with 0 < low <= high, got {list(self.scale)}")
 
 
 def clip_and_filter_boxes(
@@ -164,7 +139,7 @@ def augment(
     image: np.ndarray,
     boxes: np.ndarray,
     labels: np.ndarray,
-    cfg: AugmentConfig,
+    cfg: AugmentSettings,
     rng: np.random.Generator,
     mosaic_source: Callable[[], Detections] | None = None,
 ) -> Detections:
@@ -174,7 +149,7 @@ def augment(
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if mosaic_source is not None and cfg.mosaic_prob > 0 and rng.random() < cfg.mosaic_prob:
         image, boxes, labels = mosaic4([(image, boxes, labels)] + [mosaic_source() for _ in range(3)], rng)
-    image, boxes, labels = random_affine(image, boxes, labels, rng, cfg.scale, cfg.translate)
+    image, boxes, labels = random_affine(image, boxes, labels, rng, (cfg.scale_min, cfg.scale_max), cfg.translate)
     image = hsv_jitter(image, rng, cfg.hsv_h, cfg.hsv_s, cfg.hsv_v)
     if rng.random() < cfg.flip_prob:
         image, boxes = hflip(image, boxes)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from prune_perception.data.augment import AugmentConfig, Detections, augment
+from prune_perception.config import AugmentSettings
+from prune_perception.data.augment import Detections, augment
 from prune_perception.data.dataset import DetectionDataset, read_image_rgb
 from prune_perception.runtime.letterbox import LetterboxTransform, letterbox, letterbox_transform, resize_to_fit
 
@@ -37,13 +38,13 @@ class TorchDetectionDataset(torch.utils.data.Dataset):
         self,
         dataset: DetectionDataset,
         input_hw: tuple[int, int],
-        augment: AugmentConfig | None = None,
+        augment: AugmentSettings | None = None,
         seed: int = 0,
         cache_images: bool = True,
     ) -> None:
         self.dataset = dataset
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
-        self.augment_config = augment
+        self.augment_settings = augment
         self.seed = seed
         self.epoch = 0
         self.cache_images = cache_images
@@ -80,13 +81,13 @@ class TorchDetectionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         image, boxes, labels = self._fitted(index)
-        if self.augment_config is not None:
+        if self.augment_settings is not None:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             image, boxes, labels = augment(
                 image,
                 boxes,
                 labels,
-                self.augment_config,
+                self.augment_settings,
                 rng,
                 mosaic_source=lambda: self._fitted(int(rng.integers(len(self)))),
             )

@@ -1,4 +1,4 @@
-"""The `metadata_props` of our ONNX models (DESIGN §5): key names, fixed values, hash, read/write.
+"""The `metadata_props` of our ONNX models (docs/design.md §5): key names, fixed values, hash, read/write.
 
 Torch-free (onnx, stdlib and runtime/letterbox only), so the runtime may import it. Every value is a string; structured
 values are JSON. Keys written by the exporter:

@@ -1,4 +1,4 @@
-"""Export a checkpoint to an ONNX model in the native layout (DESIGN §5), checked against torch before writing.
+"""Export a checkpoint to an ONNX model in the native layout (docs/design.md §5), checked against torch before writing.
 
 Pipeline: load checkpoint -> wrap Detector + decode -> legacy tracer (`torch.onnx.export(dynamo=False)`)
 -> onnxslim -> parity check (torch vs ONNX Runtime CPU) -> metadata -> atomic write; optionally an

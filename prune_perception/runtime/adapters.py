@@ -2,7 +2,7 @@
 
 Formats (``model_format``):
 
-- ``native``: our export (DESIGN §5): outputs ``boxes [N,K,4]`` xyxy input pixels and
+- ``native``: our export (docs/design.md §5): outputs ``boxes [N,K,4]`` xyxy input pixels and
   ``scores [N,K,C]`` after sigmoid, found by name.
 - ``yolox``: one output ``[N, A, 5+C]`` per anchor point of the stride 8/16/32 grids, row-major,
   finest level first: ``(x, y, w, h, objectness, class probs)``; objectness and class probs are

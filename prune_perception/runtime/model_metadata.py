@@ -1,4 +1,4 @@
-"""What the runtime knows about a loaded model: metadata (DESIGN §5), input/output signature, output format.
+"""What the runtime knows about a loaded model: metadata (docs/design.md §5), input/output signature, output format.
 
 Read from an ONNX Runtime session (no ``onnx`` package needed on the vehicle).
 
@@ -15,7 +15,7 @@ would otherwise silently fall back to a default). Models without that key are *e
   mean/std override, so those are not supported).
 - ``yolov8``: RGB, pixels / 255, grey 114 padding centred. Source: Ultralytics
   examples/YOLOv8-ONNXRuntime/main.py (BGR->RGB, ``LetterBox`` centred, ``/ 255.0``).
-- ``native`` forced on a model without metadata: DESIGN §5 defaults, RGB, / 255, 114 centred.
+- ``native`` forced on a model without metadata: docs/design.md §5 defaults, RGB, / 255, 114 centred.
 
 YOLOX resizes to ``int(side * r)``, we round: the fitted image can differ by one pixel, boxes
 are mapped back with the exact scale either way. Colour order, scale, input size, class names

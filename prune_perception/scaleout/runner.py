@@ -2,7 +2,7 @@
 
 The local cluster is ``LocalCluster(host="127.0.0.1", dashboard_address=None, n_workers=N,
 threads_per_worker=1, processes=True)``: the scheduler and every worker listen on loopback only and no
-dashboard is served, so nothing leaves the machine (DESIGN §10). (The scheduler still opens its small
+dashboard is served, so nothing leaves the machine (docs/design.md §10). (The scheduler still opens its small
 HTTP endpoint — health, metrics — on the same host; it is given a free port on 127.0.0.1 rather than
 8787, so two clusters never collide.) Each worker is its own process with
 one thread (Dask's nanny sets ``OMP_NUM_THREADS=1`` for it), so N workers use N cores.

@@ -29,7 +29,6 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 from tqdm import tqdm
 
 from prune_perception.config import TrainConfig, to_dict
-from prune_perception.data.augment import AugmentConfig
 from prune_perception.data.dataset import DetectionDataset, load_dataset
 from prune_perception.data.torch_dataset import TorchDetectionDataset, collate_detections
 from prune_perception.errors import ConfigError, DatasetError
@@ -88,12 +87,6 @@ def validate_train_config(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-
-
-def augment_config(config: TrainConfig) -> AugmentConfig:
-    a = config.augment
-    return AugmentConfig(flip_prob=a.flip_prob, hsv_h=a.hsv_h, hsv_s=a.hsv_s, hsv_v=a.hsv_v,
-                         scale=(a.scale_min, a.scale_max), translate=a.translate, mosaic_prob=a.mosaic_prob)
 
 
 class RankBatches(Sampler[list[int]]):
@@ -173,7 +166,7 @@ class Trainer:
         if distiller is not None and distiller.student is not self.model:
             raise ValueError("the distiller was built for another student model")
         self.distiller = distiller
-        self.train_data = TorchDetectionDataset(self.train_set, self.input_hw, augment_config(config), config.optim.seed)
+        self.train_data = TorchDetectionDataset(self.train_set, self.input_hw, config.augment, config.optim.seed)
         self.val_images = LetterboxedImages(self.val_set, self.input_hw) if self.is_main else None
         self.loader = self._make_loader()
         self.step_module = TrainStep(self.model, distiller)
