@@ -19,8 +19,7 @@ from prune_perception.config import PruneConfig, PruneSettings, to_dict
 from prune_perception.errors import ConfigError
 from prune_perception.models.detector import Detector
 from prune_perception.pruning.run import PruneStep, prune_model, prune_spec, save_pruned, start_run
-
-BUDGET_SEARCHES = ("steps", "bisect")
+from prune_perception.pruning.choices import BUDGET_SEARCHES
 
 
 @dataclass

@@ -30,6 +30,7 @@ from prune_perception.training import distributed
 from prune_perception.training.distillation import Distiller, validate_distill_settings
 from prune_perception.training.loss import DetectionLoss
 from prune_perception.training.trainer import Trainer
+from prune_perception.pruning.choices import SCHEDULES
 
 
 @dataclass
@@ -49,9 +50,6 @@ class PruneStep:
     latency_p50_ms: float | None = None   # measured inference latency (latency-budget runs; ONNX Runtime engine)
     latency_p99_ms: float | None = None
     elastic: list[dict] | None = None     # elastic schedule: one record per fine-tune epoch (see pruning/elastic.py)
-
-
-SCHEDULES = ("oneshot", "iterative", "elastic")
 
 
 def resolve_schedule(settings: PruneSettings) -> str:
