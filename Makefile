@@ -33,10 +33,11 @@ demo: env
 	@echo "[demo] ROS_DOMAIN_ID=$(TEST_ROS_DOMAIN_ID) ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST"
 	@$(RUN_ENV) $(VENV_ABS)/bin/prune-perception demo $(DEMO_ARGS)
 
-# pytest exit code 5 = no tests collected: that is a failure here, not a pass.
+# pytest exit code 5 = no tests collected: that is a failure here, not a pass. PRUNE_STRICT_SKIPS=1: a skipped test
+# fails the run too, unless test/conftest.py's ALLOWED_SKIP_REASONS lists its reason (e.g. a GPU is present).
 test: env
 	@echo "[test] ROS_DOMAIN_ID=$(TEST_ROS_DOMAIN_ID) ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST"
-	@rc=0; $(RUN_ENV) $(VENV_ABS)/bin/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(RUN_ENV) PRUNE_STRICT_SKIPS=1 $(VENV_ABS)/bin/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "[test] ERROR: pytest collected no tests"; exit 1; fi; exit $$rc
 
 clean:

@@ -9,8 +9,8 @@ checkpoint), so changing an option redoes that stage and everything downstream o
 interrupted training resumes from ``last.pt``. The replays, the offline check and the report always
 run again (about a minute): they measure latency, which is the point of the demo.
 
-This module is imported by ``cli.py`` to build the parser, so it imports nothing heavy (torch,
-rclpy) at module level.
+This module is imported by ``cli/demo.py`` and ``cli/node.py`` to build the parser, so it imports nothing heavy
+(torch, rclpy) at module level.
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ else
       "${PIP[@]}" -q --no-deps "$SHARED_WHEELS"/*.whl
       DONE+=("launch wheels")
     else
-      warn "no launch wheels in $SHARED_WHEELS: launch/launch_ros not installed (launch tests will skip)"
+      warn "no launch wheels in $SHARED_WHEELS: launch/launch_ros not installed (the launch tests will skip, which fails make test)"
     fi
   fi
 fi

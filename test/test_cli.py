@@ -125,3 +125,10 @@ def test_prune_rejects_a_checkpoint_of_another_model_family(tiny_synth, tmp_path
                 "classes": ["car"], "input_size": [96, 160], "meta": {}}, foreign)
     result = run_cli("prune", "--checkpoint", foreign, "--set", f"data.val={tiny_synth}", "-o", tmp_path / "p")
     assert_clean_failure(result, "yolo.pt", "family='yolov5'")
+
+
+def test_global_options_after_the_sub_command(tmp_path):
+    """`prune-perception train ... -q` is the same as `prune-perception -q train ...` (argparse refused it once)."""
+    result = subprocess.run([sys.executable, "-m", "prune_perception.cli", "train", "--set",
+                             f"data.train={tmp_path / 'nowhere'}", "-q"], capture_output=True, text=True, timeout=300)
+    assert_clean_failure(result, "nowhere")

@@ -1,6 +1,7 @@
 """`prune-perception demo`: the whole story (synth -> train -> prune -> export -> bag -> replay -> compare)."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from prune_perception.cli import build_parser
+from prune_perception.cli import build_parser, main
 from prune_perception.demo import _marker_matches, _write_marker, summary_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +20,7 @@ TINY = ["-n", "40", "--image-size", "320x192", "--input-size", "192x128", "--epo
 def _demo(output: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "prune_perception.cli", "-q", "demo", "-o", str(output), *args],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)   # a hang guard, not a speed check
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result, time.monotonic() - started
 
@@ -55,10 +56,16 @@ def test_stage_marker_needs_same_key_and_outputs(tmp_path):
     assert not _marker_matches(marker, key)
 
 
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """The tiny demo's output folder, its first run and that run's seconds."""
+    out = tmp_path_factory.mktemp("tiny_demo") / "demo"
+    return out, *_demo(out, *TINY)
+
+
 @pytest.mark.slow
-def test_demo_runs_every_stage_then_reuses_them(tmp_path):
-    out = tmp_path / "demo"
-    first, first_s = _demo(out, *TINY)
+def test_demo_runs_every_stage_then_reuses_them(tiny_demo):
+    out, first, first_s = tiny_demo
     for stage in range(1, 8):
         assert f"== {stage}/7 " in first.stdout
     expected = [out / "train" / "best.pt", out / "prune" / "pruned.pt", out / "prune" / "history.json",
@@ -95,3 +102,87 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path):
     assert "pruned.pt (pruning" not in third.stdout and "pruned.onnx (exported" not in third.stdout
     assert "dense.onnx (exported" in third.stdout
     assert json.loads((out / "summary.json").read_text())["pruned"]["ratio"] == 0.3
+
+
+# ------------------------------------------------------------------ every command over the demo's outputs
+REPR = re.compile(r"^[A-Z]\w*\(\w+=")   # a dataclass repr, e.g. BagSummary(path=...)
+
+
+def _cli(capsys, *args) -> str:
+    """`prune-perception ARGS` in this process (an exception fails the test with its traceback); its stdout."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 0, f"prune-perception {' '.join(map(str, args))}: exit {code}\n{err[-3000:]}"
+    return out
+
+
+def _summary(out: str) -> str:
+    """The last line: a short human-readable summary, not a raw repr."""
+    last = out.strip().splitlines()[-1]
+    assert last and not REPR.match(last) and len(last) < 400, last
+    return last
+
+
+@pytest.mark.slow
+def test_every_command_runs_over_the_demo_outputs(tiny_demo, tmp_path, capsys):
+    """Each sub-command (and each kind of pruning output in `report`) on the tiny demo's files: exit 0, no
+    traceback, a readable last line or valid JSON."""
+    demo, _, _ = tiny_demo
+    data, dense_pt = demo / "synth", demo / "train" / "best.pt"
+    dense_onnx, pruned_onnx, bag = demo / "export" / "dense.onnx", demo / "export" / "pruned.onnx", demo / "bag" / "val"
+    out = tmp_path
+    sets = ["--set", f"data.train={data}", "--set", f"data.val={data}", "--set", "finetune.batch_size=8"]
+
+    assert "dataset written to" in _summary(_cli(capsys, "-q", "synth", "-o", out / "synth", "-n", "4", "--width",
+                                                 "128", "--height", "96", "--workers", "1"))
+    assert "best checkpoint" in _summary(_cli(capsys, "train", *sets[:4], "--set", "model.input_size=[96, 160]",
+                                              "--set", "optim.epochs=1", "--set", "optim.batch_size=8",
+                                              "-o", out / "train", "-q"))   # -q after the sub-command
+    evaluated = json.loads(_cli(capsys, "eval", dense_pt, "--data", data, "--json", "-q"))
+    assert 0.0 <= evaluated["mAP50"] <= 1.0 and evaluated["split"] == "val"
+    assert _summary(_cli(capsys, "eval", pruned_onnx, "--data", data, "-o", out / "eval", "-q")).startswith("mAP50 ")
+
+    prune = ["prune", "--checkpoint", dense_pt, *sets, "-q"]
+    runs = {"plain": ["--ratio", "0.3", "--finetune-epochs", "0"],
+            "iterative": ["--ratio", "0.4", "--schedule", "iterative", "--steps", "2", "--finetune-epochs", "0"],
+            "weight": ["--ratio", "0.3", "--granularity", "weight", "--finetune-epochs", "0"],
+            "elastic": ["--ratio", "0.3", "--schedule", "elastic", "--finetune-epochs", "1",
+                        "--set", "prune.elastic_hard_epochs=0"],
+            "latency": ["--latency-ms", "10000", "--threads", "1", "--finetune-epochs", "0",
+                        "--set", "prune.latency_runs=3"]}
+    for name, args in runs.items():
+        _summary(_cli(capsys, *prune, *args, "-o", out / name))
+    _summary(_cli(capsys, "sensitivity", "--checkpoint", dense_pt, "--data", data, "--ratios", "0.5",
+                  "--layers", "neck.td3", "--val-images", "4", "-o", out / "sensitivity", "-q"))
+    every_kind = [demo / "prune", *(out / name for name in runs)]   # the demo's run: an accuracy budget
+    report = _summary(_cli(capsys, "report", *every_kind, "--sensitivity", out / "sensitivity", "-o", out / "report"))
+    assert report.startswith(f"pruning report of {len(every_kind)} run(s)")
+    html = (out / "report" / "report.html").read_text()
+    assert all(f"<td>{run.name}</td>" in html for run in every_kind) and "budget ≤" in html and "latency ≤" in html
+
+    assert "wrote" in _summary(_cli(capsys, "export", dense_pt, "-o", out / "export" / "dense.onnx"))
+    timings = json.loads(_cli(capsys, "bench", dense_onnx, pruned_onnx, "--runs", "5", "--warmup", "1", "--images",
+                              "2", "-o", out / "bench", "--json"))
+    assert len(timings["models"]) == 2
+
+    assert "frames" in _summary(_cli(capsys, "bag", "from-dataset", data, "-o", out / "bag", "-q"))
+    assert json.loads(_cli(capsys, "bag", "info", out / "bag", "--json"))
+    _summary(_cli(capsys, "bag", "info", bag))
+    assert "images" in _summary(_cli(capsys, "bag", "to-dataset", out / "bag", "-o", out / "from_bag", "-q"))
+    offline = json.loads(_cli(capsys, "replay", bag, "--model", pruned_onnx, "--offline", "--json", "-o",
+                              out / "offline"))
+    assert offline["frames"] == 8
+    compared = json.loads(_cli(capsys, "compare", bag, "--models", dense_onnx, pruned_onnx, "--offline", "--json",
+                               "-o", out / "compare"))
+    assert len(compared) == 2
+    _summary(_cli(capsys, "fleet-eval", bag, out / "bag", "--models", pruned_onnx, "--workers", "0", "-o",
+                  out / "fleet", "-q"))
+
+    # ROS: in their own processes, as a user runs them
+    for args in (["replay", bag, "--model", pruned_onnx, "--max-rate", "-o", out / "replay"],
+                 ["node", "--model", pruned_onnx, "--camera", "synthetic", "--camera-size", "320x192",
+                  "--camera-count", "3", "--duration", "3", "-p", "providers=[cpu]"]):
+        done = subprocess.run([sys.executable, "-m", "prune_perception.cli", *map(str, args), "-q"],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        _summary(done.stdout)

@@ -83,3 +83,36 @@ def test_report_cli_prints_paths(two_runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "report.md" in printed and "report.html" in printed
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "out")]) == 2   # not a pruning run
+
+
+def test_accuracy_budget_run_is_reported_with_its_chosen_candidate(two_runs, tmp_path):
+    """pruning/budget.py's history.json (dense + candidates, no `steps`): the chosen ratio is the run's final row."""
+    run = tmp_path / "budget"
+    run.mkdir()
+    (run / "pruned.pt").write_bytes((two_runs[0] / "pruned.pt").read_bytes())
+    config = load_config(PruneConfig, None, ["prune.budget=3", "prune.ratio=0.9"])
+    dense = {"params": 1000, "macs": 2_000_000, "mAP50": 0.6, "mAP50_95": 0.3}
+    candidates = [{"ratio": r, "params": 800 - 100 * i, "macs": 1_500_000 - 300_000 * i, "mAP50": m, "mAP50_95": 0.2,
+                   "seconds": 1.0, "within_budget": m >= 0.57} for i, (r, m) in enumerate([(0.2, 0.59), (0.4, 0.58),
+                                                                                          (0.6, 0.40)])]
+    (run / "history.json").write_text(json.dumps({"config": to_dict(config), "dense": dense,
+                                                  "candidates": candidates, "chosen_ratio": 0.4, "seconds": 3.0}))
+    md_path, _ = write_pruning_report([run, two_runs[0]], tmp_path / "report")
+    row = next(line for line in md_path.read_text().splitlines() if line.startswith("| budget |"))
+    assert row.split(" | ")[1:6] == ["l1 budget ≤ 3 mAP50 points", "0.4", "700", "1.2", "40.0%"], row
+
+    history = json.loads((run / "history.json").read_text())
+    history["chosen_ratio"] = None   # no ratio met the budget: the dense model was kept
+    (run / "history.json").write_text(json.dumps(history))
+    md_path, _ = write_pruning_report([run], tmp_path / "kept_dense")
+    row = next(line for line in md_path.read_text().splitlines() if line.startswith("| budget |"))
+    assert row.split(" | ")[2:6] == ["0", "1,000", "2.0", "0.0%"], row
+
+
+def test_a_broken_history_is_one_clear_error(two_runs, tmp_path, capsys):
+    run = tmp_path / "broken"
+    run.mkdir()
+    (run / "pruned.pt").write_bytes((two_runs[0] / "pruned.pt").read_bytes())
+    (run / "history.json").write_text(json.dumps({"config": {"prune": {}}, "rows": []}))
+    assert main(["report", str(run), "-o", str(tmp_path / "out")]) == 2
+    assert "is not a history.json of `prune`" in capsys.readouterr().err

@@ -159,3 +159,6 @@ def test_train_launch_file_runs_the_cli(tmp_path):
     out = proc.stdout + proc.stderr
     assert "process started" in out, out
     assert f"prune-perception train --config {missing}" in out, out
+    # the CLI really ran: its one error line about the missing config, exit code 2, no traceback
+    assert "prune-perception train: error:" in out and f"{missing}" in out.split("prune-perception train: error:")[1]
+    assert "exit code 2" in out and "Traceback" not in out, out

@@ -35,6 +35,7 @@ class PruningRun:
     widths: dict[str, int]       # pruned widths per arch-spec layer
     dense_widths: dict[str, int]
     latency: dict | None = None  # latency-budget runs: target, device, measured p50/p99 (history.json "latency")
+    budget: float | None = None  # accuracy-budget runs: the budget in mAP50 points
 
     @property
     def label(self) -> str:
@@ -42,6 +43,8 @@ class PruningRun:
         label = f"{self.settings.get('method', '?')} {self.settings.get('granularity', 'channel')} {scope}"
         if self.latency:
             label = f"{self.settings.get('method', '?')} latency ≤ {self.latency['target_ms']:g} ms"
+        elif self.budget is not None:
+            label = f"{self.settings.get('method', '?')} budget ≤ {self.budget:g} mAP50 points"
         if self.settings.get("schedule") == "elastic":
             return f"{label} elastic"
         steps = self.settings.get("iterative_steps", 1)
@@ -49,15 +52,34 @@ class PruningRun:
 
 
 def load_run(folder: Path) -> PruningRun:
-    """Read history.json and pruned.pt of a `prune` output folder."""
+    """Read history.json and pruned.pt of a `prune` output folder (any schedule, accuracy budget, latency target)."""
     history_path = folder / "history.json"
     if not history_path.is_file():
         raise ConfigError(f"{folder} is not a pruning run: no history.json")
-    history = json.loads(history_path.read_text())
+    try:
+        history = json.loads(history_path.read_text())
+        settings = history["config"]["prune"]
+        budget = None
+        if "steps" in history:
+            steps = history["steps"]
+        else:   # accuracy-budget run (pruning/budget.py): the dense model and the candidates tried
+            steps = budget_steps(history)
+            budget = float(settings["budget"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{history_path} is not a history.json of `prune` ({type(exc).__name__}: {exc})") from None
     arch = load_checkpoint(folder / "pruned.pt").model.arch
     dense = default_arch(arch["size"], arch["num_classes"], arch["act"])["widths"]
-    return PruningRun(folder.name, history["steps"], history["config"]["prune"], arch["widths"], dense,
-                      history.get("latency"))
+    return PruningRun(folder.name, steps, settings, arch["widths"], dense, history.get("latency"), budget)
+
+
+def budget_steps(history: dict) -> list[dict]:
+    """An accuracy-budget history as step rows: the dense model, the candidates in the order tried, and last the
+    chosen candidate (a copy of the dense row when no ratio met the budget and the dense model was kept)."""
+    dense = dict(history["dense"], step=0, ratio=0.0)
+    candidates = [dict(row, step=index) for index, row in enumerate(history["candidates"], start=1)]
+    chosen = [row for row in candidates if row["ratio"] == history["chosen_ratio"]]
+    final = chosen[-1] if chosen else dict(dense, step=len(candidates) + 1)
+    return [dense, *(row for row in candidates if row is not final), final]
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -97,7 +119,7 @@ def summary_rows(runs: list[PruningRun]) -> tuple[list[str], list[list[str]]]:
              f"{dense['mAP50']:.3f}", f"{dense['mAP50_95']:.3f}", "+0.000"]]
     for run in runs:
         final, own_dense = run.steps[-1], run.steps[0]
-        ratio = final["ratio"] if run.latency else run.settings.get("ratio", final["ratio"])
+        ratio = final["ratio"] if run.latency or run.budget is not None else run.settings.get("ratio", final["ratio"])
         rows.append([run.name, run.label, f"{ratio:g}", f"{final['params']:,}",
                      f"{final['macs'] / 1e6:.1f}", f"{1 - final['macs'] / own_dense['macs']:.1%}",
                      f"{final.get('sparsity', 0.0):.1%}", f"{final['mAP50']:.3f}", f"{final['mAP50_95']:.3f}",

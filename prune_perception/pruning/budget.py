@@ -18,11 +18,10 @@ from typing import Any
 from prune_perception.config import PruneConfig, PruneSettings, to_dict
 from prune_perception.errors import ConfigError
 from prune_perception.models.detector import Detector
+from prune_perception.pruning.choices import BUDGET_SEARCHES
 from prune_perception.pruning.dense import save_pruned, start_run
 from prune_perception.pruning.history import PruneResult, PruneStep
 from prune_perception.pruning.schedules import prune_model, prune_spec
-
-BUDGET_SEARCHES = ("steps", "bisect")
 
 
 @dataclass

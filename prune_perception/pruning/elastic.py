@@ -45,8 +45,9 @@ from prune_perception.pruning.importance import make_importance
 from prune_perception.pruning.structured import PruneSpec
 from prune_perception.training.distillation import Distiller
 from prune_perception.training.trainer import Trainer
+from prune_perception.pruning.choices import GRADIENT_FREE_CRITERIA
 
-ELASTIC_METHODS = ("l1", "l2", "bn_scale", "random")   # taylor needs loss gradients at every boundary
+ELASTIC_METHODS = GRADIENT_FREE_CRITERIA   # taylor needs loss gradients at every boundary
 
 
 @dataclass

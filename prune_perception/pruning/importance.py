@@ -9,7 +9,7 @@ import torch_pruning as tp
 
 from prune_perception.errors import ConfigError
 
-IMPORTANCE_CRITERIA = ("l1", "l2", "taylor", "bn_scale", "random")
+from prune_perception.pruning.choices import IMPORTANCE_CRITERIA
 
 
 def make_importance(name: str) -> tp.importance.Importance:

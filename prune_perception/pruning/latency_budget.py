@@ -60,8 +60,9 @@ from prune_perception.pruning.schedules import prune_model, resolve_schedule
 from prune_perception.pruning.latency_model import (CostFeatures, LatencyMeter, LatencyModel, MeasureSettings,
                                                     WidthSpace, check_device, export_candidate, time_models)
 from prune_perception.pruning.structured import PruneSpec
+from prune_perception.pruning.choices import GRADIENT_FREE_CRITERIA
 
-LATENCY_METHODS = ("l1", "l2", "bn_scale", "random")   # the sensitivity estimate ranks channels without gradients
+LATENCY_METHODS = GRADIENT_FREE_CRITERIA   # the sensitivity estimate ranks channels without gradients
 SENSITIVITY_FRACTIONS = (0.25, 0.5, 0.75)              # + max_layer_ratio: removed share of a group's channels
 CALIBRATION_UNIFORM = (0.25, 0.5, 0.7)
 CALIBRATION_MIXED = 5

@@ -45,8 +45,8 @@ from prune_perception.models.detector import Detector, spec_layers
 from prune_perception.runtime.engine import DetectorEngine
 from prune_perception.runtime.latency_stats import LatencyStats
 from prune_perception.machine import cpu_model
+from prune_perception.pruning.choices import LATENCY_DEVICES
 
-LATENCY_DEVICES = ("cpu", "cuda")
 FEATURES = ("constant", "GMACs", "M activations")
 BLOCKS = (1, 4, 8, 16)   # candidate SIMD channel blocks the latency model may fit
 

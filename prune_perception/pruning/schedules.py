@@ -17,6 +17,7 @@ from prune_perception.errors import ConfigError
 from prune_perception.evaluation.coco_map import MapResult
 from prune_perception.models.cost import model_cost
 from prune_perception.models.detector import Detector
+from prune_perception.pruning.choices import SCHEDULES
 from prune_perception.pruning.elastic import elastic_prune
 from prune_perception.pruning.finetune import finetune
 from prune_perception.pruning.history import PruneStep
@@ -24,8 +25,6 @@ from prune_perception.pruning.importance import accumulate_gradients, make_impor
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner
 from prune_perception.pruning.unstructured import UnstructuredPruner, masked_convs, weight_sparsity
 from prune_perception.training.loss import DetectionLoss
-
-SCHEDULES = ("oneshot", "iterative", "elastic")
 
 
 def resolve_schedule(settings: PruneSettings) -> str:

@@ -26,11 +26,12 @@ from prune_perception.models.checkpoint import load_checkpoint
 from prune_perception.models.cost import model_cost
 from prune_perception.models.detector import Detector
 from prune_perception.models.inference import LetterboxedImages, evaluate_model
-from prune_perception.pruning.importance import IMPORTANCE_CRITERIA, make_importance
+from prune_perception.pruning.importance import make_importance
 from prune_perception.evaluation.plots import pyplot, save_figure
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner, prunable_groups
+from prune_perception.pruning.choices import GRADIENT_FREE_CRITERIA
 
-SENSITIVITY_METHODS = tuple(m for m in IMPORTANCE_CRITERIA if m != "taylor")  # taylor needs loss gradients
+SENSITIVITY_METHODS = GRADIENT_FREE_CRITERIA   # taylor needs loss gradients
 
 
 @dataclass

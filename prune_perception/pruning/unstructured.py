@@ -16,8 +16,8 @@ from torch import nn
 from prune_perception.errors import ConfigError
 from prune_perception.models.detector import Detector, spec_layers
 from prune_perception.pruning.structured import PruneSpec
+from prune_perception.pruning.choices import GRANULARITIES
 
-GRANULARITIES = ("channel", "weight", "kernel")
 UNSTRUCTURED_RULES = ("l1", "fixed_l1")
 SCOPES = ("global", "local")
 FIXED_L1_FRACTION = 0.1   # fixed_l1 prunes |w| < FIXED_L1_FRACTION × max|w| of the layer

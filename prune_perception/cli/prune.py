@@ -1,0 +1,131 @@
+"""`prune` a checkpoint (plain, iterative, elastic, to an accuracy budget or a latency target), `sensitivity` of
+each layer group, and the `report` comparing pruning runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prune_perception.cli.common import add_command, add_scale_out_options, report_failures
+from prune_perception.pruning.choices import (GRADIENT_FREE_CRITERIA, GRANULARITIES, IMPORTANCE_CRITERIA,
+                                              LATENCY_DEVICES, SCHEDULES)
+
+
+def _cmd_prune(args: argparse.Namespace) -> None:
+    from prune_perception.config import PruneConfig, load_config
+
+    overrides = list(args.set)
+    for key, value in (("checkpoint", args.checkpoint), ("prune.method", args.method), ("prune.ratio", args.ratio),
+                       ("prune.granularity", args.granularity),
+                       ("prune.iterative_steps", args.steps), ("finetune.epochs", args.finetune_epochs),
+                       ("prune.schedule", args.schedule), ("prune.latency_ms", args.latency_ms),
+                       ("prune.latency_device", args.device), ("prune.latency_threads", args.threads),
+                       ("output", args.output)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.global_pruning:
+        overrides.append("prune.global_pruning=true")
+    if args.budget is not None:
+        overrides.append(f"prune.budget={args.budget}")
+    if args.schedule == "oneshot" and (args.steps or 1) > 1:
+        from prune_perception.errors import ConfigError
+
+        raise ConfigError(f"--schedule oneshot contradicts --steps {args.steps}: use --schedule iterative")
+    config = load_config(PruneConfig, args.config, overrides)
+    from prune_perception.pruning import prune
+
+    result = prune(config, progress=not args.quiet, fan_out=_fan_out_settings(args))
+    if result is not None:   # None: a torchrun rank other than 0 (rank 0 prints)
+        print("\n".join(result.summary))
+
+
+def _fan_out_settings(args: argparse.Namespace):
+    """Dask settings from --scheduler / --workers / --retries / --allow-failures; None: run serially here."""
+    if getattr(args, "scheduler", None) is None and getattr(args, "workers", None) is None:
+        return None
+    from prune_perception.scaleout.runner import FanOutSettings
+
+    return FanOutSettings(scheduler=args.scheduler, workers=args.workers, retries=args.retries,
+                          allow_failures=getattr(args, "allow_failures", False), progress=not args.quiet)
+
+
+def add_prune_parser(sub) -> None:
+    prune = add_command(sub, "prune", help="structured channel pruning (+ fine-tuning) of a checkpoint")
+    prune.add_argument("--config", help="YAML file (e.g. config/prune_synth.yaml); defaults when omitted")
+    prune.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config value, e.g. --set prune.max_layer_ratio=0.8 (repeatable)")
+    prune.add_argument("--checkpoint", help="dense checkpoint to prune")
+    prune.add_argument("--method", help=f"importance: {', '.join(IMPORTANCE_CRITERIA)}")
+    prune.add_argument("--ratio", type=float, help="fraction of channels to remove")
+    prune.add_argument("--granularity", choices=GRANULARITIES,
+                       help="channel: structured (default); weight / kernel: unstructured masks (baseline, no speed-up)")
+    prune.add_argument("--global", dest="global_pruning", action="store_true",
+                       help="one importance ranking across layers (default: same ratio per layer)")
+    prune.add_argument("--steps", type=int, help="iterative steps (fine-tuning after each)")
+    prune.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per step (0: none)")
+    prune.add_argument("--budget", type=float, metavar="POINTS",
+                       help="accuracy budget: largest ratio whose fine-tuned mAP50 drop is <= POINTS (prune.budget_*)")
+    prune.add_argument("--schedule", choices=SCHEDULES,
+                       help="oneshot, iterative (--steps N) or elastic: soft pruning while fine-tuning, "
+                            "removed for real at the end")
+    prune.add_argument("--latency-ms", type=float, metavar="MS",
+                       help="latency target (inference p50 through the runtime engine, measured here) instead of "
+                            "a ratio; with --budget the accuracy budget applies too (prune.latency_*)")
+    prune.add_argument("--device", choices=LATENCY_DEVICES, help="with --latency-ms: where latency is measured")
+    prune.add_argument("--threads", type=int, help="with --latency-ms: ONNX Runtime intra-op threads (0: default)")
+    prune.add_argument("-o", "--output", help="output directory")
+    add_scale_out_options(prune, allow_failures=False, what="with --budget (steps search): the candidate ratios")
+    prune.set_defaults(func=_cmd_prune)
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> None:
+    from prune_perception.pruning.sensitivity import run_sensitivity
+
+    output = Path(args.output)
+    settings, fan_out = _fan_out_settings(args), None
+    if settings is not None:
+        from prune_perception.scaleout.sensitivity import DaskSensitivity
+
+        fan_out = DaskSensitivity(settings)
+    dense, points = run_sensitivity(Path(args.checkpoint), args.data, output, args.ratios, args.method, args.layers,
+                                    args.split, args.val_images, progress=not args.quiet, fan_out=fan_out)
+    if points:
+        worst = min(points, key=lambda p: p.mAP50)
+        print(f"dense val mAP50 {dense.mAP50:.3f}; {len(points)} evaluations; most sensitive: {worst.group} at "
+              f"{worst.ratio:g} -> {worst.mAP50:.3f}")
+    for name in ("sensitivity.json", "sensitivity.md", "sensitivity.png"):
+        print(f"wrote {output / name}")
+    report_failures(getattr(fan_out, "failures", []), "sensitivity")
+
+
+def add_sensitivity_parser(sub) -> None:
+    sensitivity = add_command(sub, "sensitivity",
+                              help="prune each layer group alone at several ratios; mAP50 table/plot")
+    sensitivity.add_argument("--checkpoint", required=True, help="dense checkpoint (.pt)")
+    sensitivity.add_argument("--data", required=True, help="COCO json, COCO root or YOLO root")
+    sensitivity.add_argument("--split", default="val")
+    sensitivity.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    sensitivity.add_argument("--method", default="l1", help=f"importance: {', '.join(GRADIENT_FREE_CRITERIA)}")
+    sensitivity.add_argument("--layers", nargs="+", help="arch-spec layer names (default: every prunable group)")
+    sensitivity.add_argument("--val-images", type=int, help="evaluate on the first N val images only (faster)")
+    sensitivity.add_argument("-o", "--output", default="runs/sensitivity")
+    add_scale_out_options(sensitivity, allow_failures=True)
+    sensitivity.set_defaults(func=_cmd_sensitivity)
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from prune_perception.evaluation.html_report import write_pruning_report
+
+    paths = write_pruning_report([Path(run) for run in args.runs], Path(args.output),
+                                 Path(args.sensitivity) if args.sensitivity else None)
+    for path in paths:
+        print(f"wrote {path}")
+    print(f"pruning report of {len(args.runs)} run(s): {paths[-1]}")
+
+
+def add_report_parser(sub) -> None:
+    report = add_command(sub, "report", help="Markdown + self-contained HTML report comparing pruning runs")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="prune output folders (history.json, pruned.pt)")
+    report.add_argument("--sensitivity", metavar="DIR", help="sensitivity output folder (sensitivity.json)")
+    report.add_argument("-o", "--output", default="runs/report")
+    report.set_defaults(func=_cmd_report)
