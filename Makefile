@@ -23,7 +23,7 @@ RUN_ENV := VIRTUAL_ENV=$(VENV_ABS) PATH="$(VENV_ABS)/bin:$$PATH" \
 FLOOR_VENV ?= .venv-floor
 FLOOR_VENV_ABS := $(abspath $(FLOOR_VENV))
 FLOOR_TESTS ?= test/test_runtime.py test/test_adapters.py test/test_image_msg.py test/test_bags.py \
-	test/test_pipeline_health.py
+	test/test_pipeline_health.py test/test_detector_core.py test/test_vehicle_node.py
 FLOOR_RUN_ENV := VIRTUAL_ENV=$(FLOOR_VENV_ABS) PATH="$(FLOOR_VENV_ABS)/bin:$$PATH" \
 	AMENT_PREFIX_PATH="$(VENV_ABS)$${AMENT_PREFIX_PATH:+:$$AMENT_PREFIX_PATH}" \
 	ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=$(TEST_ROS_DOMAIN_ID) \
