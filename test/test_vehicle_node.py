@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
-from vision_msgs.msg import LabelInfo  # noqa: E402
+from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
 from prune_perception.node_params import DETECTOR_PARAMS  # noqa: E402
 from prune_perception.ros.detector_node import DetectorNode, LifecycleDetectorNode, ros_parameter  # noqa: E402
@@ -279,3 +281,53 @@ def test_hot_swap_and_revert_without_post_set_callbacks(harness, yolox_model, tm
     sha = hashlib.sha256(other.read_bytes()).hexdigest()
     wait_for(lambda: h.values().get("model_sha256") == sha, "the swapped model on /diagnostics")
     assert h.values()["swaps_done"] == "1" and h.values()["swaps_failed"] == "1"
+
+
+@pytest.mark.slow
+def test_cli_lifecycle_nodes_wait_for_their_transitions(yolox_model, tmp_path):
+    """`prune-perception node --lifecycle`: the detector starts unconfigured and publishes nothing until a
+    lifecycle client configures and activates it (here over its ~/change_state service, as a manager does)."""
+    import subprocess
+    import sys
+
+    from rclpy.executors import SingleThreadedExecutor
+
+    proc = subprocess.Popen([sys.executable, "-m", "prune_perception.cli", "node", "--lifecycle",
+                             "--model", str(yolox_model), "-p", "providers=[cpu]", "--camera", "synthetic",
+                             "--camera-size", "64x64", "--camera-fps", "20", "--duration", "25"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("test_lifecycle_client", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    outputs = []
+    node.create_subscription(Detection2DArray, "/detector_node/out/detections", outputs.append, 10)
+    client = node.create_client(ChangeState, "/detector_node/change_state")
+
+    def change(transition_id):
+        future = client.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
+        executor.spin_until_future_complete(future, timeout_sec=TIMEOUT)
+        return future.result() is not None and future.result().success
+
+    try:
+        assert client.wait_for_service(TIMEOUT), "the lifecycle node's change_state service"
+        deadline = time.monotonic() + 2.0   # frames flow from the synthetic camera meanwhile
+        while time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+        assert not outputs, "an unconfigured node published detections"
+        assert change(Transition.TRANSITION_CONFIGURE) and change(Transition.TRANSITION_ACTIVATE)
+        deadline = time.monotonic() + TIMEOUT
+        while len(outputs) < 3 and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+        assert len(outputs) >= 3, "no detections after activate"
+        assert outputs[-1].detections[0].results[0].hypothesis.class_id == "class_1"
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+        proc.send_signal(2)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert re.search(r"detector 0: received [1-9]\d*, processed [1-9]", stdout), (stdout, stderr[-2000:])
