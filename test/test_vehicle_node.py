@@ -307,9 +307,14 @@ def test_cli_lifecycle_nodes_wait_for_their_transitions(yolox_model, tmp_path):
     client = node.create_client(ChangeState, "/detector_node/change_state")
 
     def change(transition_id):
-        future = client.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
-        executor.spin_until_future_complete(future, timeout_sec=TIMEOUT)
-        return future.result() is not None and future.result().success
+        # a request sent before DDS matched the new server is lost (volatile): ask again after a while
+        for _ in range(4):
+            future = client.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
+            executor.spin_until_future_complete(future, timeout_sec=5.0)
+            if future.result() is not None:
+                return future.result().success
+            client.remove_pending_request(future)
+        return "no response"
 
     try:
         assert client.wait_for_service(TIMEOUT), "the lifecycle node's change_state service"
@@ -317,17 +322,21 @@ def test_cli_lifecycle_nodes_wait_for_their_transitions(yolox_model, tmp_path):
         while time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)
         assert not outputs, "an unconfigured node published detections"
-        assert change(Transition.TRANSITION_CONFIGURE) and change(Transition.TRANSITION_ACTIVATE)
+        assert change(Transition.TRANSITION_CONFIGURE) is True and change(Transition.TRANSITION_ACTIVATE) is True
         deadline = time.monotonic() + TIMEOUT
         while len(outputs) < 3 and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)
         assert len(outputs) >= 3, "no detections after activate"
         assert outputs[-1].detections[0].results[0].hypothesis.class_id == "class_1"
+    except AssertionError as exc:
+        proc.send_signal(2)
+        stdout, stderr = proc.communicate(timeout=30)
+        raise AssertionError(f"{exc}\nnode output:\n{stdout[-2000:]}\n{stderr[-3000:]}") from None
     finally:
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=context)
-        proc.send_signal(2)
-        stdout, stderr = proc.communicate(timeout=30)
+    proc.send_signal(2)
+    stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr[-2000:]
     assert re.search(r"detector 0: received [1-9]\d*, processed [1-9]", stdout), (stdout, stderr[-2000:])
