@@ -24,6 +24,8 @@ if [ ! -x "$FLOOR_VENV/bin/python" ]; then
   echo "[floor-env] creating $FLOOR_VENV"
   "$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)')" -m venv "$FLOOR_VENV"
 fi
+# share/ (vision_msgs definitions, this package's data files) is the main venv's, for code that looks under sys.prefix
+[ -e "$FLOOR_VENV/share" ] || ln -s "$VENV/share" "$FLOOR_VENV/share"
 MAIN_SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 FLOOR_SITE="$("$FLOOR_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 # The ROS wheels' bootstrapper re-executes Python with LD_LIBRARY_PATH = <sys.prefix>/lib + ros_*.libs,
