@@ -5,13 +5,12 @@
     ros2 launch prune_perception multi_camera.launch.py model_path:=m.onnx camera:=true  # synthetic frames
 
 Arguments: `cameras` (comma-separated names, default front,rear) plus those of detector.launch.py
-(model_path, params_file, input_transport, fastdds_profile, use_sim_time, camera, camera_fps,
-camera_count), applied to every camera. Detections: /<name>/detector_node/out/detections; all
+(model_path, params_file, input_transport, node_name, lifecycle, fastdds_profile, use_sim_time,
+camera, camera_fps, camera_count), applied to every camera. Detections: /<name>/detector_node/out/detections; all
 detectors report on /diagnostics (status name /<name>/detector_node: ...). A params file section
 `/<name>/detector_node:` sets parameters for one camera only, `/**:` for all of them.
 """
 
-import importlib.util
 import os
 import re
 
@@ -19,17 +18,9 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
+from prune_perception.ros.launch_files import load_launch_module
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _detector_launch():
-    """detector.launch.py, installed beside this file: the per-camera actions and the shared arguments."""
-    spec = importlib.util.spec_from_file_location(
-        "prune_perception_detector_launch", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                         "detector.launch.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def camera_names(value):
@@ -54,7 +45,7 @@ def _setup(context, detector):
 
 
 def generate_launch_description():
-    detector = _detector_launch()
+    detector = load_launch_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "detector.launch.py"))
     return LaunchDescription([
         DeclareLaunchArgument("cameras", default_value="front,rear",
                               description="comma-separated camera names: one detector each in /<name>, "

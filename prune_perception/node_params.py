@@ -39,6 +39,8 @@ class ParamSpec:
     exclusive_minimum: bool = False
     choices: tuple[str, ...] | None = None
     """Allowed strings (for a string array: allowed items)."""
+    allow_empty: bool = False
+    """A string array may be empty."""
 
     @property
     def kind(self) -> str:
@@ -89,7 +91,7 @@ class ParamSpec:
             if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
                     isinstance(item, str) for item in value):
                 raise fail(f"must be a list of strings, got {value!r}")
-            if not value:
+            if not value and not self.allow_empty:
                 raise fail("must not be empty")
             value = list(value)
         if self.choices is not None:
@@ -128,6 +130,20 @@ DETECTOR_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_detections", 100, "Most detections published per image.", "live", minimum=1, maximum=10000),
     ParamSpec("max_image_pixels", DEFAULT_MAX_PIXELS, "Frames with more pixels are refused (counted as failed) "
               "before any copy or decode.", "live", minimum=1, maximum=2**31 - 1),
+    ParamSpec("class_names", [], "Class names in the model's output order (class id = index), for models without "
+              "our metadata; they win over labels_path, the model's metadata and the COCO-80 default of YOLOX/YOLOv8 "
+              "layouts. Empty: not set.", "reload", allow_empty=True),
+    ParamSpec("labels_path", "", "File with the class names: one per line, or a YAML/JSON list or id -> name "
+              "mapping (also under a 'names' key). Used when class_names is empty. Empty: not set.", "reload"),
+    ParamSpec("input_width", 0, "Network input width for models with a dynamic input size (0: the model's own).",
+              "reload", minimum=0, maximum=16384),
+    ParamSpec("input_height", 0, "Network input height for models with a dynamic input size (0: the model's "
+              "own).", "reload", minimum=0, maximum=16384),
+    ParamSpec("allowed_model_dirs", [], "Model swaps (and the first load) only from files inside these "
+              "directories, symbolic links resolved; a refused swap keeps the running model and reports the "
+              "reason on /diagnostics. Empty: any readable file.", "read_only", allow_empty=True),
+    ParamSpec("model_manifest", "", "sha256sum-style manifest ('<sha256>  <file name>' per line): only models "
+              "whose sha256 is listed load. Empty: no check.", "read_only"),
     ParamSpec("input_transport", "raw", "raw: subscribe to ~/in/image (sensor_msgs/Image); compressed: to "
               "~/in/image/compressed (sensor_msgs/CompressedImage, JPEG/PNG).", "read_only",
               choices=("raw", "compressed")),
@@ -170,6 +186,25 @@ def validate_params(values: dict[str, Any], where: str = "detector parameters",
     return result
 
 
+ROS_NODE_PARAMS = {"use_sim_time": bool, "start_type_description_service": bool, "qos_overrides": dict}
+"""Parameters every rclpy node has (``ros2 param dump`` writes them): not detector parameters, but a
+params file may hold them; ``use_sim_time`` is passed on to the node."""
+
+
+def split_ros_node_params(values: dict[str, Any], where: str = "detector parameters") -> tuple[dict, dict]:
+    """(detector parameters, ROS node parameters) of a params section; ConfigError for a badly typed ROS one."""
+    ours, ros = {}, {}
+    for name, value in values.items():
+        if name in ROS_NODE_PARAMS:
+            if not isinstance(value, ROS_NODE_PARAMS[name]):
+                raise ConfigError(f"{where}: parameter '{name}' must be a {ROS_NODE_PARAMS[name].__name__}, "
+                                  f"got {value!r}")
+            ros[name] = value
+        else:
+            ours[name] = value
+    return ours, ros
+
+
 def read_params_file(path: str | Path) -> dict[str, dict[str, Any]]:
     """A ROS 2 params file (``<node name or /**>: ros__parameters: {...}``) -> {node key: raw params}."""
     path = Path(path)
@@ -199,7 +234,7 @@ def json_schema() -> dict[str, Any]:
         prop: dict[str, Any] = {"description": spec.description, "default": spec.default}
         kind = spec.kind
         if kind == "str_list":
-            prop.update(type="array", minItems=1, items={"type": "string"})
+            prop.update(type="array", **({} if spec.allow_empty else {"minItems": 1}), items={"type": "string"})
             if spec.choices:
                 prop["items"]["enum"] = list(spec.choices)
         else:

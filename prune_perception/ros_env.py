@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from prune_perception.ros.dds_profile import DEFAULT_PROFILE, ENV_VAR as PROFILE_VAR, shipped_profile
+from prune_perception.ros.dds_profile import ENV_VAR as PROFILE_VAR, LOOPBACK_PROFILE, shipped_profile
 
 DISCOVERY_VAR = "ROS_AUTOMATIC_DISCOVERY_RANGE"
 DOMAIN_VAR = "ROS_DOMAIN_ID"
@@ -24,7 +24,6 @@ AMENT_VAR = "AMENT_PREFIX_PATH"
 ROS_ENV_VARS = (DISCOVERY_VAR, DOMAIN_VAR, AMENT_VAR, PROFILE_VAR)
 """Every variable :func:`loopback_environment` sets."""
 DISCOVERY_RANGE = "LOCALHOST"
-LOOPBACK_PROFILE = DEFAULT_PROFILE
 KEEP = object()
 """``profile`` value: the profile the environment already names, else the shipped loopback profile."""
 

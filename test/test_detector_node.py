@@ -17,112 +17,19 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("vision_msgs.msg")
 
 from builtin_interfaces.msg import Time as TimeMsg  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from vision_msgs.msg import Detection2DArray  # noqa: E402
 
 from prune_perception.export.onnx_export import export_onnx  # noqa: E402
-from prune_perception.ros.detector_node import DetectorNode  # noqa: E402
 from prune_perception.bags.detections import detections_from_msg  # noqa: E402
 from prune_perception.ros.messages import compressed_to_msg, image_to_msg  # noqa: E402
 from prune_perception.runtime.engine import DetectorEngine  # noqa: E402
 from prune_perception.runtime.image_msg import convert_color  # noqa: E402
+from node_harness import Harness, wait_for  # noqa: E402
 
 SCORE = 0.005   # the 4-epoch tiny model scores ~0.01: enough boxes to compare node and engine
-TIMEOUT = 20.0
-RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def wait_for(predicate, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-class Harness:
-    """A DetectorNode plus a test node (image publisher, detections/diagnostics subscribers) on one executor."""
-
-    def __init__(self, model_path, **params):
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        settings = {"model_path": str(model_path) if model_path else "", "providers": ["cpu"],
-                    "score_threshold": SCORE, "qos_reliability": "reliable", "qos_depth": 10,
-                    "diagnostics_period": 0.2, "input_timeout": 0.0, **params}
-        self.node = DetectorNode(context=self.context,
-                                 parameter_overrides=[Parameter(k, value=v) for k, v in settings.items()])
-        self.io = rclpy.create_node("test_io", context=self.context)
-        compressed = settings.get("input_transport") == "compressed"
-        self.publisher = self.io.create_publisher(
-            CompressedImage if compressed else Image,
-            "/detector_node/in/image/compressed" if compressed else "/detector_node/in/image", RELIABLE)
-        self.outputs: list[Detection2DArray] = []
-        self.diagnostics: list[DiagnosticArray] = []
-        self.debug_images: list[Image] = []
-        self.io.create_subscription(Detection2DArray, "/detector_node/out/detections", self.outputs.append, RELIABLE)
-        self.io.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
-        self.io.create_subscription(Image, "/detector_node/out/image", self.debug_images.append,
-                                    QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
-        self.executor = MultiThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.io)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-        self._stamp = 0
-        wait_for(lambda: self.publisher.get_subscription_count() > 0, "the node's image subscription")
-
-    def header(self) -> Header:
-        self._stamp += 1
-        now = self.io.get_clock().now().nanoseconds + self._stamp
-        return Header(stamp=TimeMsg(sec=now // 10**9, nanosec=now % 10**9), frame_id="cam_test")
-
-    def publish(self, msg) -> None:
-        self.publisher.publish(msg)
-
-    def send_and_wait(self, msg) -> Detection2DArray:
-        """Publish one message and wait for its output (matched by stamp)."""
-        before = len(self.outputs)
-        self.publish(msg)
-        wait_for(lambda: len(self.outputs) > before, "a Detection2DArray")
-        out = self.outputs[-1]
-        assert (out.header.stamp.sec, out.header.stamp.nanosec) == (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        return out
-
-    def send_bad_and_wait(self, msg) -> str:
-        """Publish a malformed message; wait until it is counted as failed; return the node's last error."""
-        failed = self.node._stats.snapshot().failed
-        self.publish(msg)
-        wait_for(lambda: self.node._stats.snapshot().failed > failed, "the frame to be counted as failed")
-        return self.diagnostic("last_error", fresh=True)
-
-    def settled(self):
-        """Counts once no frame is pending."""
-        return wait_for(lambda: (s := self.node._stats.snapshot()).pending == 0 and s, "all frames accounted for")
-
-    def diagnostic(self, key: str, fresh: bool = False) -> str:
-        if fresh:
-            count = len(self.diagnostics)
-            wait_for(lambda: len(self.diagnostics) > count + 1, "a fresh /diagnostics message")
-        values = {kv.key: kv.value for kv in self.diagnostics[-1].status[0].values}
-        return values[key]
-
-    def level(self) -> int:
-        return self.diagnostics[-1].status[0].level[0]
-
-    def close(self) -> None:
-        self.node.close()
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.io.destroy_node()
-        rclpy.shutdown(context=self.context)
-        self.thread.join(5)
 
 
 @pytest.fixture
@@ -130,7 +37,7 @@ def harness_factory():
     made = []
 
     def make(model_path, **params) -> Harness:
-        harness = Harness(model_path, **params)
+        harness = Harness(model_path=str(model_path) if model_path else "", score_threshold=SCORE, **params)
         made.append(harness)
         return harness
 
@@ -144,7 +51,7 @@ def val_images(tiny_synth) -> list[np.ndarray]:
     """RGB val images of the tiny synthetic set."""
     paths = sorted((Path(tiny_synth) / "images" / "val").glob("*.jpg"))[:6]
     assert paths
-    return [cv2.imread(str(p), cv2.IMREAD_COLOR_RGB) for p in paths]
+    return [cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in paths]
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "prune_perception"
 PROFILE = "fastdds_shm_localhost.xml"
+VEHICLE_PROFILE = "fastdds_shm.xml"   # the default of launch and `prune-perception node`: reaches other computers
 PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
 NS = "{http://www.eprosima.com}"
 SEGMENT = 16 * 1024 * 1024
@@ -232,7 +233,7 @@ def test_apply_profile_sets_the_shipped_one_unless_the_user_did(tmp_path):
     from prune_perception.ros.dds_profile import apply_profile, shipped_profile
 
     shipped = shipped_profile()
-    assert shipped.name == PROFILE and shipped.is_file()
+    assert shipped.name == VEHICLE_PROFILE and shipped.is_file()
     environ: dict[str, str] = {}
     assert apply_profile(None, environ) == str(shipped.resolve()) == environ[PROFILE_ENV]
     user = tmp_path / "mine.xml"
@@ -256,8 +257,8 @@ def test_launch_files_declare_their_arguments():
     ld = detector.generate_launch_description()
     assert isinstance(ld, launch.LaunchDescription)
     args = {a.name: a for a in ld.get_launch_arguments()}
-    expected = {"model_path", "params_file", "namespace", "image_topic", "input_transport", "fastdds_profile",
-                "use_sim_time", "camera", "camera_fps", "camera_count"}
+    expected = {"model_path", "params_file", "namespace", "image_topic", "output_topic", "node_name", "lifecycle",
+                "input_transport", "fastdds_profile", "use_sim_time", "camera", "camera_fps", "camera_count"}
     assert expected <= set(args)
 
     def default(name):
@@ -265,7 +266,14 @@ def test_launch_files_declare_their_arguments():
 
     assert default("params_file").endswith(os.path.join("config", "detector.yaml"))
     assert default("image_topic") == "/image_raw" and default("namespace") == ""
-    assert default("fastdds_profile") == (os.environ.get(PROFILE_ENV) or str(_share() / "config" / PROFILE))
+    assert default("fastdds_profile") == (os.environ.get(PROFILE_ENV) or str(_share() / "config" / VEHICLE_PROFILE))
+    environ = dict(os.environ)
+    os.environ.pop(PROFILE_ENV, None)
+    try:   # without a user setting, the vehicle gets the profile that still talks to other computers
+        assert detector.default_profile().endswith(os.path.join("config", VEHICLE_PROFILE))
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
     assert detector.resolve_profile("") == ""
     assert detector.resolve_profile(PROFILE).endswith(os.path.join("config", PROFILE))
     with pytest.raises(FileNotFoundError, match="fastdds_profile"):
@@ -273,7 +281,7 @@ def test_launch_files_declare_their_arguments():
 
     multi = _load(REPO / "launch" / "multi_camera.launch.py", "multi_camera_launch")
     margs = {a.name for a in multi.generate_launch_description().get_launch_arguments()}
-    assert margs == (expected - {"namespace", "image_topic"}) | {"cameras"}
+    assert margs == (expected - {"namespace", "image_topic", "output_topic"}) | {"cameras"}
     assert multi.camera_names(" front, rear ,/left") == ["front", "rear", "left"]
     for bad in ("", " , ", "front,front", "1cam", "front-left"):
         with pytest.raises(ValueError, match="cameras"):
@@ -439,6 +447,35 @@ def test_multi_camera_launch_runs_one_detector_per_camera(tmp_path, tiny_onnx_mo
                    [f"model_path:={tiny_onnx_model}", "camera:=true", "camera_fps:=8.0",
                     f"fastdds_profile:={PROFILE}"],
                    ["/front", "/rear"], tiny_onnx_model, str(_share() / "config" / PROFILE))
+
+
+@pytest.mark.slow
+def test_lifecycle_example_launch_configures_and_activates_the_managed_node(tmp_path):
+    """lifecycle_example.launch.py starts the managed node and drives it to active; detections flow on the
+    output_topic argument, /diagnostics says which state it is in."""
+    pytest.importorskip("launch_ros")
+    pytest.importorskip("vision_msgs.msg")
+    from test_adapters import constant_model, yolox_output
+
+    model = constant_model(tmp_path / "yolox.onnx", {"output": yolox_output(decoded=False)})
+    status = "/detector_node: object detection"
+    probe = _Probe(["/vehicle/detections"])
+    try:
+        with _launched(tmp_path, "lifecycle_example.launch.py",
+                       [f"model_path:={model}", "camera:=true", "camera_fps:=10.0", "output_topic:=/vehicle/detections",
+                        f"fastdds_profile:={PROFILE}"]) as (proc, log):
+            ok = probe.spin_until(lambda: len(probe.detections["/vehicle/detections"]) >= 2
+                                  and probe.diagnostics.get(status, {}).get("lifecycle_state") == "active",
+                                  timeout=45, alive=lambda: proc.poll() is None)
+            text = log.read_text()
+            assert ok, f"launch exit {proc.poll()}; diagnostics {probe.diagnostics.get(status)}\n{text[-6000:]}"
+            rc = _stop(proc)
+        text = log.read_text()
+    finally:
+        probe.close()
+    assert text.index("configured: model loaded") < text.index("activated: processing frames"), text[-3000:]
+    assert probe.diagnostics[status]["model_path"] == str(model)
+    assert rc == 0 and "Traceback" not in text, text[-4000:]
 
 
 # ------------------------------------------------------------------- executables, errors ----

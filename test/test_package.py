@@ -1,5 +1,6 @@
 """Packaging: package.xml, the installed share/ files, and a real colcon build."""
 
+import ast
 import glob
 import os
 import shutil
@@ -29,6 +30,84 @@ def _installed_share():
 
 
 # ---------------------------------------------------------------------------- package.xml ----
+# Third-party module -> the rosdep key that provides it (None: no key exists in rosdep's default
+# sources; the README says how to install it). Keys checked against ros/rosdistro (rosdep/python.yaml,
+# {humble,jazzy}/distribution.yaml): where each resolves, "apt" or "pip" on Ubuntu, "ros" = a ROS package.
+MODULE_KEYS = {
+    "rclpy": "rclpy", "std_msgs": "std_msgs", "sensor_msgs": "sensor_msgs", "geometry_msgs": "geometry_msgs",
+    "diagnostic_msgs": "diagnostic_msgs", "vision_msgs": "vision_msgs", "rcl_interfaces": "rcl_interfaces",
+    "rosgraph_msgs": "rosgraph_msgs", "builtin_interfaces": "builtin_interfaces",
+    "lifecycle_msgs": "lifecycle_msgs", "launch": "launch", "launch_ros": "launch_ros",
+    "ament_index_python": "ament_index_python",
+    "numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml", "tqdm": "python3-tqdm",
+    "onnxruntime": "python3-onnxruntime-pip", "rosbags": "python3-rosbags-pip",
+    "faster_coco_eval": None,
+}
+KEY_SOURCES = {
+    **{key: "ros" for key in ("rclpy", "std_msgs", "sensor_msgs", "geometry_msgs", "diagnostic_msgs", "vision_msgs",
+                              "rcl_interfaces", "rosgraph_msgs", "builtin_interfaces", "lifecycle_msgs", "launch",
+                              "launch_ros", "ament_index_python")},
+    **{key: "apt" for key in ("python3-numpy", "python3-opencv", "python3-yaml", "python3-tqdm", "python3-pytest",
+                              "python3-hypothesis", "python3-jsonschema", "python3-psutil", "python3-torch")},
+    **{key: "pip" for key in ("python3-onnxruntime-pip", "python3-rosbags-pip")},
+}
+VEHICLE_DIRS = ("runtime", "ros", "bags")
+
+
+def _third_party_imports(start: list[Path]) -> dict[str, set[str]]:
+    """Top-level third-party modules imported (anywhere in the file) by ``start`` and, transitively,
+    by the prune_perception modules they import -> the files importing each."""
+    found: dict[str, set[str]] = {}
+    todo, seen = list(start), set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top == PACKAGE:
+                    module = REPO.joinpath(*name.split("."))
+                    todo += [p for p in (module / "__init__.py", module.with_suffix(".py")) if p.is_file()]
+                elif top not in sys.stdlib_module_names:
+                    found.setdefault(top, set()).add(str(path.relative_to(REPO)))
+    return found
+
+
+def test_package_xml_declares_every_vehicle_path_import():
+    """`rosdep install` gives the vehicle path everything it imports: every key declared, every key real."""
+    root = ET.parse(REPO / "package.xml").getroot()
+    exec_deps = {e.text.strip() for e in root.findall("exec_depend")}
+    test_deps = {e.text.strip() for e in root.findall("test_depend")}
+    unknown_keys = (exec_deps | test_deps) - set(KEY_SOURCES)
+    assert not unknown_keys, f"package.xml keys not checked against rosdep's sources: {sorted(unknown_keys)}"
+    imports = _third_party_imports([p for d in VEHICLE_DIRS for p in (REPO / PACKAGE / d).rglob("*.py")])
+    assert {"rclpy", "numpy", "cv2", "onnxruntime", "rosbags"} <= set(imports), sorted(imports)
+    unmapped = {module: sorted(files) for module, files in imports.items() if module not in MODULE_KEYS}
+    assert not unmapped, f"add these modules and their rosdep keys to MODULE_KEYS and package.xml: {unmapped}"
+    undeclared = {module: MODULE_KEYS[module] for module in imports
+                  if MODULE_KEYS[module] is not None and MODULE_KEYS[module] not in exec_deps}
+    assert not undeclared, f"package.xml lacks exec_depend for {undeclared}"
+    readme = (REPO / "README.md").read_text()
+    for module in imports:
+        if MODULE_KEYS[module] is None:   # no rosdep key: the pip name must be documented
+            pip_name = module.replace("_", "-")
+            assert pip_name in readme and pip_name in (REPO / "package.xml").read_text(), pip_name
+    # torch is a test/offline dependency only; the version floors are stated on the keys.
+    assert "python3-torch" not in exec_deps and "python3-torch" in test_deps
+    floors = {e.text.strip(): e.get("version_gte") for e in root.findall("exec_depend")}
+    assert floors["python3-numpy"] == "1.21" and floors["python3-opencv"] == "4.5.4"
+    for module in ("hypothesis", "jsonschema", "psutil", "torch"):
+        assert "python3-" + module in test_deps
+
+
 def test_package_xml_declares_ament_python_and_dependencies():
     root = ET.parse(REPO / "package.xml").getroot()
     assert root.tag == "package" and root.get("format") == "3"

@@ -21,7 +21,7 @@ def _cmd_node(args: argparse.Namespace) -> None:
                           cameras=[c for c in (args.cameras or "").split(",") if c.strip()],
                           image_topic=args.image_topic, camera_source=args.camera, camera_params=camera_params,
                           fastdds_profile=None if args.no_fastdds_profile else (args.fastdds_profile or ""),
-                          duration=args.duration)
+                          duration=args.duration, lifecycle=args.lifecycle)
     for index, counts in enumerate(run(config)):
         print(f"detector {index}: " + ", ".join(f"{key} {value}" for key, value in counts.items()))
 
@@ -43,8 +43,11 @@ def add_node_parser(sub) -> None:
     node.add_argument("--camera-count", type=int, default=0, help="frames to publish (0: until stopped)")
     node.add_argument("--camera-size", type=size_argument, metavar="WxH",
                       help="synthetic frame size (default 640x480)")
-    node.add_argument("--fastdds-profile", metavar="XML", help="Fast DDS profile (default: the shipped "
-                      "shared-memory profile, unless FASTDDS_DEFAULT_PROFILES_FILE is set)")
+    node.add_argument("--fastdds-profile", metavar="XML", help="Fast DDS profile, a path or a shipped name "
+                      "(default: fastdds_shm.xml, shared memory + UDP on every interface, unless "
+                      "FASTDDS_DEFAULT_PROFILES_FILE is set; fastdds_shm_localhost.xml keeps DDS on this machine)")
     node.add_argument("--no-fastdds-profile", action="store_true", help="leave the DDS configuration alone")
+    node.add_argument("--lifecycle", action="store_true", help="managed (lifecycle) detectors: they start "
+                      "unconfigured; configure/activate them with a lifecycle manager or `ros2 lifecycle set`")
     node.add_argument("--duration", type=float, help="stop after this many seconds")
     node.set_defaults(func=_cmd_node)

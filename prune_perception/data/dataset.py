@@ -70,10 +70,10 @@ def read_image_rgb(path: Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: image file not found")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)   # BGR; IMREAD_COLOR_RGB needs OpenCV 4.11+
     if image is None:
         raise DatasetError(f"{path}: cannot decode image (corrupt or unsupported format)")
-    return image
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 # --------------------------------------------------------------------------- shared validation

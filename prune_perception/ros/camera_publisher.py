@@ -76,7 +76,7 @@ def _video_frames(path: Path) -> Iterator[np.ndarray]:
 
 def _folder_frames(paths: list[Path]) -> Iterator[np.ndarray]:
     for path in paths:
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR_BGR)
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if frame is not None:
             yield frame
 

@@ -1,15 +1,26 @@
-"""``detector_node``: camera images in, vision_msgs/Detection2DArray + /diagnostics out (DESIGN §7).
+"""``detector_node``: camera images in, vision_msgs/Detection2DArray + /diagnostics out (docs/design.md §7).
 
-Threads: the executor runs the subscription (stores the newest frame in a one-slot mailbox, a
-replaced frame counts as dropped), the parameter callback and the diagnostics timer — all cheap.
-A worker thread takes frames from the mailbox, runs the ONNX Runtime engine and publishes. A
-loader thread builds a new engine when ``model_path`` (or another ``reload`` parameter) changes
-and swaps it in between two frames; on failure the old engine keeps serving and the parameters
-revert. Parameters are specified in :mod:`prune_perception.node_params`.
+The frame pipeline and the hot-swap state machine live in the ROS-free
+:class:`~prune_perception.runtime.detector_core.DetectorCore`; this module maps topics and
+parameters onto it, in two variants:
+
+- :class:`DetectorNode`: a plain node, serving from construction on;
+- :class:`LifecycleDetectorNode`: a managed node (``rclpy.lifecycle``). configure: validate the
+  parameters, load and warm up the model (failure: configure fails, the reason on /diagnostics);
+  activate: frames are taken, detections (and the debug image) published; deactivate: frames are no
+  longer taken (each one counted as ``frames_inactive``, also while unconfigured); cleanup /
+  shutdown: the model is released. Topics exist from construction on (their settings are read-only
+  parameters), so no transition creates or destroys an entity under a spinning executor.
+
+Threads: the executor runs the subscription (one-slot mailbox in the core), the parameter callback
+and the diagnostics timer — all cheap. The core's worker runs the model and calls back to publish;
+its loader thread builds a new engine on a ``model_path`` change. Parameters are specified in
+:mod:`prune_perception.node_params`.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -20,278 +31,205 @@ import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
-from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
-from vision_msgs.msg import Detection2DArray
+from vision_msgs.msg import Detection2DArray, LabelInfo, VisionClass
 
-from prune_perception.errors import ConfigError, PrunePerceptionError
-from prune_perception.node_params import DETECTOR_PARAMS, PARAMS_BY_NAME, validate_params
+from prune_perception.errors import ConfigError
+from prune_perception.node_params import DETECTOR_PARAMS, PARAMS_BY_NAME, ParamSpec, validate_params
 from prune_perception.ros.entry import start_node
 from prune_perception.ros.messages import detections_to_msg, image_to_msg
-from prune_perception.runtime.engine import DetectorEngine, Thresholds, validate_model_file
-from prune_perception.runtime.frame_mailbox import FrameMailbox
-from prune_perception.runtime.health import LEVEL_NAMES, ModelState, assess, report_values
-from prune_perception.runtime.image_msg import check_encoded_image_size, compressed_data, image_from_msg
+from prune_perception.runtime.detector_core import RELOAD_PARAMS, DetectorCore, FrameResult
+from prune_perception.runtime.health import ERROR, LEVEL_NAMES, OK
+from prune_perception.runtime.model_metadata import ModelInfo
 from prune_perception.runtime.pipeline_stats import PipelineStats
 from prune_perception.runtime.postprocess import Detections
 from prune_perception.runtime.preprocess import as_uint8_color
-from prune_perception.runtime.providers import provider_name
 
-RELOAD_PARAMS = tuple(spec.name for spec in DETECTOR_PARAMS if spec.update == "reload")
-THRESHOLD_PARAMS = ("score_threshold", "nms_threshold", "max_detections")
-WORKER_POLL_S = 0.1
 LOG_THROTTLE_S = 2.0
+ROS_TYPES = {"bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER, "float": Parameter.Type.DOUBLE,
+             "str": Parameter.Type.STRING, "str_list": Parameter.Type.STRING_ARRAY}
+LABEL_INFO_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
+"""Latched: a subscriber that joins late still gets the class map (as vision_msgs asks)."""
 
 
-class DetectorNode(Node):
-    """The detector node. ``close()`` stops its threads (call before ``destroy_node``)."""
+def parameter_descriptor(spec: ParamSpec, read_only: bool | None = None) -> ParameterDescriptor:
+    """Typed descriptor with the spec's range (what `ros2 param describe` and rqt show)."""
+    descriptor = ParameterDescriptor(name=spec.name, type=ROS_TYPES[spec.kind].value, description=spec.description,
+                                     additional_constraints=spec.constraint_text(),
+                                     read_only=spec.update == "read_only" if read_only is None else read_only)
+    if spec.kind == "int" and (spec.minimum is not None or spec.maximum is not None):
+        descriptor.integer_range = [IntegerRange(from_value=int(spec.minimum), to_value=int(spec.maximum), step=1)]
+    elif spec.kind == "float" and (spec.minimum is not None or spec.maximum is not None):
+        descriptor.floating_point_range = [FloatingPointRange(
+            from_value=-math.inf if spec.minimum is None else float(spec.minimum),
+            to_value=math.inf if spec.maximum is None else float(spec.maximum), step=0.0)]
+    return descriptor
 
-    def __init__(self, node_name: str = "detector_node", **kwargs: Any) -> None:
-        super().__init__(node_name, **kwargs)
-        self._params = self._declare_parameters()
-        self._lock = threading.Lock()
-        self._stats = PipelineStats()
-        self._mailbox: FrameMailbox[Image | CompressedImage] = FrameMailbox()
-        self._engine: DetectorEngine | None = None
-        self._serving: dict[str, Any] | None = None
-        self._thresholds = Thresholds(*(self._params[name] for name in THRESHOLD_PARAMS))
-        self._loading = ""
-        self._load_error = ""
-        self._load_error_at: float | None = None
-        self._swaps_done = self._swaps_failed = 0
-        self._reverting = False
-        self._loader: threading.Thread | None = None
-        self._pending_load: tuple[dict[str, Any], dict[str, Any]] | None = None
 
-        self._detections_pub = self.create_publisher(Detection2DArray, "~/out/detections", 10)
-        self._debug_pub = (self.create_publisher(Image, "~/out/image", QoSProfile(
-            depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)) if self._params["publish_debug_image"] else None)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+def ros_parameter(name: str, value: Any) -> Parameter:
+    """A Parameter of a detector value; lists are string arrays even when empty (rclpy would guess bytes)."""
+    if isinstance(value, list):
+        return Parameter(name, Parameter.Type.STRING_ARRAY, value)
+    return Parameter(name, value=value)
+
+
+def label_info_msg(info: ModelInfo, threshold: float, stamp) -> LabelInfo:
+    """vision_msgs/LabelInfo: class id (the model's output index) -> class name, as in the detections."""
+    msg = LabelInfo(threshold=float(threshold))
+    msg.header.stamp = stamp
+    msg.class_map = [VisionClass(class_id=index, class_name=name) for index, name in enumerate(info.classes)]
+    return msg
+
+
+class DetectorRos:
+    """The ROS side both variants share (mixed into a Node or a LifecycleNode)."""
+
+    core: DetectorCore | None
+    POST_SET_CALLBACKS = hasattr(Node, "add_post_set_parameters_callback")
+    """rclpy >= Iron; on Humble a one-shot timer starts a staged model load instead."""
+
+    def _declare_detector_parameters(self) -> dict[str, Any]:
+        for spec in DETECTOR_PARAMS:
+            descriptor = parameter_descriptor(spec)
+            if spec.default == []:
+                # rclpy infers no type from an empty list (and rcl reads `[]` in a params file as unset):
+                # declare the type, give it the empty value, then make it read-only if it is.
+                self.declare_parameter(spec.name, ROS_TYPES[spec.kind], parameter_descriptor(spec, read_only=False))
+                if self.get_parameter_or(spec.name).type_ == Parameter.Type.NOT_SET:
+                    self.set_parameters([ros_parameter(spec.name, [])])
+                if descriptor.read_only:
+                    self.set_descriptor(spec.name, descriptor)
+            else:
+                self.declare_parameter(spec.name, spec.default, descriptor)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        if self.POST_SET_CALLBACKS:
+            self.add_post_set_parameters_callback(self._after_set_parameters)
+        else:   # Humble: a timer (same callback group as the parameter services) starts the load after the set
+            self._staged_load_timer = self.create_timer(0.0, self._start_staged_load_once)
+            self._staged_load_timer.cancel()
+        return self._current_parameters()
+
+    def _current_parameters(self) -> dict[str, Any]:
+        """The declared values, validated (ConfigError naming the node and the problem)."""
+        values = {spec.name: self.get_parameter(spec.name).value for spec in DETECTOR_PARAMS}
+        return validate_params(values, where=f"node '{self.get_fully_qualified_name()}'")
+
+    def _make_core(self, params: dict[str, Any]) -> DetectorCore:
+        core = DetectorCore(params, publish=self._publish_result, now_ns=lambda: self.get_clock().now().nanoseconds,
+                            logger=self.get_logger(), revert=self._revert, on_model=self._on_model,
+                            name=self.get_name())
+        self._pipeline_stats = core.stats
+        return core
+
+    def _create_outputs(self, create_publisher) -> None:
+        """Output publishers (``create_publisher``: the node's, or its lifecycle variant) and the image input."""
+        self._detections_pub = create_publisher(Detection2DArray, "~/out/detections", 10)
+        self._debug_pub = create_publisher(Image, "~/out/image", QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)) if self._params["publish_debug_image"] else None
+        self._label_info_pub = self.create_publisher(LabelInfo, "~/out/label_info", LABEL_INFO_QOS)
         image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self._params["qos_depth"],
                                reliability=ReliabilityPolicy.BEST_EFFORT
                                if self._params["qos_reliability"] == "best_effort" else ReliabilityPolicy.RELIABLE)
-        self._compressed = self._params["input_transport"] == "compressed"
-        if self._compressed:
+        if self._params["input_transport"] == "compressed":
             self._image_sub = self.create_subscription(CompressedImage, "~/in/image/compressed", self._on_image,
                                                        image_qos)
         else:
             self._image_sub = self.create_subscription(Image, "~/in/image", self._on_image, image_qos)
 
-        if self._params["model_path"]:
-            self._load_model({name: self._params[name] for name in RELOAD_PARAMS}, previous=None)
-        else:
-            self._load_failed("model_path is empty: set it to an ONNX model")
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.add_post_set_parameters_callback(self._after_set_parameters)
-        self._worker = threading.Thread(target=self._work, name=f"{node_name}_worker", daemon=True)
-        self._worker.start()
+    def _start_diagnostics(self) -> None:
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # Steady time: health reports keep coming when a simulated /clock stalls.
         self._diagnostics_timer = self.create_timer(self._params["diagnostics_period"], self.publish_diagnostics,
                                                     clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     # ------------------------------------------------------------------ parameters ----
-    def _declare_parameters(self) -> dict[str, Any]:
-        for spec in DETECTOR_PARAMS:
-            self.declare_parameter(spec.name, spec.default, ParameterDescriptor(
-                description=spec.description, additional_constraints=spec.constraint_text(),
-                read_only=spec.update == "read_only", dynamic_typing=True))
-        values = {spec.name: self.get_parameter(spec.name).value for spec in DETECTOR_PARAMS}
-        return validate_params(values, where=f"node '{self.get_name()}'")
-
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         if self._reverting:
             return SetParametersResult(successful=True)
         changes = {}
         try:
-            for parameter in parameters:
-                if parameter.name in PARAMS_BY_NAME:
-                    changes[parameter.name] = PARAMS_BY_NAME[parameter.name].validate(parameter.value)
-            params = {**self._params, **changes}
-            thresholds = Thresholds(*(params[name] for name in THRESHOLD_PARAMS))
-            reload = {name: params[name] for name in RELOAD_PARAMS}
-            current = {name: self._params[name] for name in RELOAD_PARAMS}
-            with self._lock:
-                if reload != current:
-                    self._check_reload(reload)
-                    self._loading = reload["model_path"]
-                    self._pending_load = (reload, current)
-                self._thresholds = thresholds
-                if self._engine is not None:
-                    self._engine.set_thresholds(*(params[name] for name in THRESHOLD_PARAMS))
+            try:
+                for parameter in parameters:
+                    if parameter.name in PARAMS_BY_NAME:
+                        changes[parameter.name] = PARAMS_BY_NAME[parameter.name].validate(parameter.value)
+            except ConfigError as exc:
+                if self.core is not None and any(parameter.name in RELOAD_PARAMS for parameter in parameters):
+                    self.core.load_refused(str(exc))
+                raise
+            if self.core is not None:
+                self.core.apply_parameters(changes)   # records a refused model change itself
         except ConfigError as exc:
-            with self._lock:
-                if any(name in RELOAD_PARAMS for name in changes):
-                    self._load_failed(str(exc))
             self.get_logger().error(f"parameter change rejected: {exc}")
             return SetParametersResult(successful=False, reason=str(exc))
-        self._params = params
+        self._params = {**self._params, **changes}
+        if not self.POST_SET_CALLBACKS and self.core is not None and self.core.load_staged:
+            self._staged_load_timer.reset()
+        if "score_threshold" in changes and self.core is not None and self.core.model_info is not None:
+            self._on_model(self.core.model_info)
         return SetParametersResult(successful=True)
 
     def _after_set_parameters(self, parameters: list[Parameter]) -> None:
         """Start a staged model load once the new values are stored (so a quick failure can revert them)."""
-        with self._lock:
-            pending, self._pending_load = self._pending_load, None
-            if pending is None:
-                return
-            self._loader = threading.Thread(target=self._load_model, args=pending, name=f"{self.get_name()}_loader",
-                                            daemon=True)
-        self.get_logger().info(f"loading model {pending[0]['model_path']} in the background")
-        self._loader.start()
+        if self.core is not None:
+            self.core.start_staged_load()
 
-    def _check_reload(self, reload: dict[str, Any]) -> None:
-        """Cheap checks in the parameter callback; the full ones (ONNX, layout) happen in the loader."""
-        if self._loading:
-            raise ConfigError(f"a model is being loaded ({self._loading}); set parameters again when it is done")
-        if not reload["model_path"]:
-            raise ConfigError("model_path must not be empty (a running node keeps its model)")
-        try:
-            validate_model_file(reload["model_path"])
-            for name in reload["providers"]:
-                provider_name(name)
-        except PrunePerceptionError as exc:
-            raise ConfigError(str(exc)) from None
-
-    # ------------------------------------------------------------------ model loading ----
-    def _load_model(self, request: dict[str, Any], previous: dict[str, Any] | None) -> None:
-        """Build an engine for ``request`` and swap it in; on failure keep the old one and revert to ``previous``."""
-        started = time.perf_counter()
-        try:
-            engine = DetectorEngine(request["model_path"], model_format=request["model_format"],
-                                    providers=request["providers"], strict_provider=request["strict_provider"],
-                                    intra_op_threads=request["intra_op_threads"],
-                                    warmup_runs=self._params["warmup_runs"],
-                                    score_threshold=self._thresholds.score, nms_threshold=self._thresholds.nms,
-                                    max_detections=self._thresholds.max_detections)
-        except Exception as exc:  # keep serving whatever went wrong; the reason goes to /diagnostics
-            reason = str(exc) if isinstance(exc, PrunePerceptionError) else f"{type(exc).__name__}: {exc}"
-            with self._lock:
-                self._loading = ""
-                self._load_failed(reason)
-            self.get_logger().error(f"model load failed, {'keeping ' + self._serving['model_path'] if self._serving else 'no model loaded'}: {reason}")
-            if previous is not None:
-                self._revert(previous)
-            return
-        with self._lock:
-            engine.set_thresholds(self._thresholds.score, self._thresholds.nms, self._thresholds.max_detections)
-            swapped = self._engine is not None
-            self._engine, self._serving = engine, request
-            self._loading, self._load_error, self._load_error_at = "", "", None
-            self._swaps_done += swapped
-        self.get_logger().info(
-            f"model {'swapped' if swapped else 'loaded'}: {request['model_path']} (sha256 "
-            f"{engine.info.file_sha256[:12]}, {engine.info.output_format}, providers "
-            f"{','.join(engine.active_providers)}) in {(time.perf_counter() - started) * 1e3:.0f} ms")
-
-    def _load_failed(self, reason: str) -> None:
-        """Record a rejected or failed model load (caller holds the lock or is the constructor)."""
-        self._load_error, self._load_error_at = reason, time.monotonic()
-        self._swaps_failed += self._engine is not None
-        self._stats.record_error(f"model load: {reason}")
+    def _start_staged_load_once(self) -> None:
+        self._staged_load_timer.cancel()
+        self._after_set_parameters([])
 
     def _revert(self, previous: dict[str, Any]) -> None:
         self._reverting = True
         try:
-            self.set_parameters([Parameter(name, value=value) for name, value in previous.items()])
+            self.set_parameters([ros_parameter(name, value) for name, value in previous.items()])
             self._params.update(previous)
         finally:
             self._reverting = False
 
     # ------------------------------------------------------------------ frames ----
     def _on_image(self, msg: Image | CompressedImage) -> None:
-        self._stats.frame_received()
-        if self._mailbox.put(msg) is not None:
-            self._stats.frames_dropped()
-
-    def _work(self) -> None:
-        while not self._mailbox.closed:
-            msg = self._mailbox.take(WORKER_POLL_S)
-            if msg is None:
-                continue
-            try:
-                self._process(msg)
-            except Exception as exc:  # a bad frame must never stop the node
-                if not self.context.ok():  # shut down mid-frame: the frame never got out
-                    self._stats.frames_dropped()
-                elif isinstance(exc, PrunePerceptionError):
-                    self._frame_failed(str(exc))
-                else:
-                    self._frame_failed(f"internal error: {type(exc).__name__}: {exc}")
-
-    def _frame_failed(self, reason: str) -> None:
-        self._stats.frame_failed(reason)
-        self.get_logger().warning(f"frame failed: {reason}", throttle_duration_sec=LOG_THROTTLE_S)
-
-    def _process(self, msg: Image | CompressedImage) -> None:
-        engine = self._engine
-        if engine is None:
-            raise ConfigError(f"no model loaded ({self._load_error})")
-        start = time.perf_counter()
-        if self._compressed:
-            data = compressed_data(msg)
-            check_encoded_image_size(data, self._params["max_image_pixels"])   # before a decompression bomb
-            image, color_order, _ = engine.decode(data)
-            height, width = image.shape[:2]
-            if height * width > self._params["max_image_pixels"]:
-                raise ConfigError(f"decoded image is {width}x{height}, over max_image_pixels "
-                                  f"{self._params['max_image_pixels']}")
+        core = self.core
+        if core is None:
+            self._frames_without_core += 1
         else:
-            image, color_order = image_from_msg(msg, self._params["max_image_pixels"])
-        decode_ms = (time.perf_counter() - start) * 1e3
-        detections, times = engine.detect(image, color_order)
-        self._detections_pub.publish(detections_to_msg(msg.header, detections, engine.info.classes))
-        pipeline_ms = None
-        stamp = Time.from_msg(msg.header.stamp, clock_type=self.get_clock().clock_type)
-        if stamp.nanoseconds:
-            pipeline_ms = (self.get_clock().now() - stamp).nanoseconds / 1e6
-        if self._debug_pub is not None:
-            self._debug_pub.publish(image_to_msg(draw_detections(image, color_order, detections, engine.info.classes),
-                                                 "rgb8", msg.header))
-        timings = {"decode": decode_ms, "preprocess": times.preprocess_ms, "inference": times.inference_ms,
-                   "postprocess": times.postprocess_ms,
-                   "total": decode_ms + times.preprocess_ms + times.inference_ms + times.postprocess_ms}
-        if pipeline_ms is not None:
-            timings["pipeline"] = pipeline_ms
-        self._stats.frame_processed(timings)
+            core.put_frame(msg)
+
+    def _publish_result(self, result: FrameResult) -> None:
+        self._detections_pub.publish(detections_to_msg(result.msg.header, result.detections, result.info.classes))
+        debug_pub = self._debug_pub
+        if debug_pub is not None and debug_pub.get_subscription_count() > 0:   # drawing costs: only when watched
+            self.debug_images_drawn += 1
+            debug_pub.publish(image_to_msg(draw_detections(result.image, result.color_order, result.detections,
+                                                           result.info.classes), "rgb8", result.msg.header))
+
+    def _on_model(self, info: ModelInfo) -> None:
+        self._label_info_pub.publish(label_info_msg(info, self._params["score_threshold"],
+                                                    self.get_clock().now().to_msg()))
 
     # ------------------------------------------------------------------ diagnostics ----
-    def model_state(self) -> ModelState:
-        with self._lock:
-            engine, serving = self._engine, self._serving
-            state = dict(loading=self._loading, load_error=self._load_error, swaps_done=self._swaps_done,
-                         swaps_failed=self._swaps_failed,
-                         seconds_since_load_error=None if self._load_error_at is None
-                         else time.monotonic() - self._load_error_at)
-        if engine is None:
-            return ModelState(requested_providers=tuple(self._params["providers"]), **state)
-        requested = tuple(serving["providers"])
-        active = engine.active_providers
-        fallback = ""
-        if active and provider_name(requested[0]) != active[0]:
-            fallback = f"preferred provider {requested[0]} is not active, running on {active[0]}"
-        info = engine.info
-        return ModelState(path=str(serving["model_path"]), file_sha256=info.file_sha256,
-                          model_hash=info.model_hash or "", output_format=info.output_format,
-                          input_size=f"{info.input_hw[1]}x{info.input_hw[0]}", requested_providers=requested,
-                          active_providers=active, provider_fallback=fallback, **state)
-
     def diagnostic_status(self) -> DiagnosticStatus:
-        snapshot = self._stats.snapshot()
-        model = self.model_state()
-        level, message = assess(snapshot, model, self._params["latency_warn_ms"], self._params["input_timeout"])
-        values = report_values(snapshot, model, {
-            "level": LEVEL_NAMES[level], "input_transport": self._params["input_transport"],
-            "input_topic": self._image_sub.topic_name,
-            **{name: str(self._params[name]) for name in THRESHOLD_PARAMS}})
-        return DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: object detection",
-                                message=message, hardware_id="prune_perception",
+        name = f"{self.get_fully_qualified_name()}: object detection"
+        if self.core is None:
+            level, message, values = self._idle_report()
+        else:
+            level, message, values = self.core.diagnostic_report({"input_topic": self._image_sub.topic_name,
+                                                                  **self._extra_diagnostics()})
+        return DiagnosticStatus(level=bytes([level]), name=name, message=message, hardware_id="prune_perception",
                                 values=[KeyValue(key=key, value=value) for key, value in values.items()])
+
+    def _extra_diagnostics(self) -> dict[str, str]:
+        return {}
+
+    def _idle_report(self) -> tuple[int, str, dict[str, str]]:
+        raise NotImplementedError
 
     def publish_diagnostics(self) -> None:
         array = DiagnosticArray()
@@ -299,19 +237,129 @@ class DetectorNode(Node):
         array.status.append(self.diagnostic_status())
         self._diagnostics_pub.publish(array)
 
-    # ------------------------------------------------------------------ shutdown ----
+    def stats(self):
+        """Frame counts and latencies now (also resets the per-window counts); a managed node that is not
+        configured reports those of its last configuration."""
+        return self._pipeline_stats.snapshot()
+
+    def _init_state(self) -> None:
+        self.core = None
+        self._frames_without_core = 0
+        """Frames received while a managed node had no core (unconfigured), plus those of its previous cores
+        received while inactive."""
+        self._pipeline_stats = PipelineStats()
+        self._reverting = False
+        self.debug_images_drawn = 0
+        """Debug images drawn and published (only while ~/out/image has subscribers)."""
+
+
+class DetectorNode(DetectorRos, Node):
+    """The plain detector node: serving from construction on. ``close()`` stops its threads (call before
+    ``destroy_node``)."""
+
+    def __init__(self, node_name: str = "detector_node", **kwargs: Any) -> None:
+        Node.__init__(self, node_name, **kwargs)
+        self._init_state()
+        self._params = self._declare_detector_parameters()
+        self._create_outputs(self.create_publisher)
+        self.core = self._make_core(self._params)
+        if self._params["model_path"]:
+            self.core.load()
+        else:
+            self.core.load_refused("model_path is empty: set it to an ONNX model")
+        self._start_diagnostics()
+
+    def _idle_report(self) -> tuple[int, str, dict[str, str]]:  # never idle: the core exists from the start
+        raise AssertionError("DetectorNode always has a core")
+
+    def model_state(self):
+        return self.core.model_state()
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker (an unread frame counts as dropped) and wait for a running model load."""
-        if self._mailbox.close() is not None:
-            self._stats.frames_dropped()
-        self._worker.join(timeout)
-        loader = self._loader
-        if loader is not None and loader.is_alive():
-            loader.join(timeout)
+        self.core.close(timeout)
 
-    def stats(self):
-        """Frame counts and latencies now (also resets the per-window counts)."""
-        return self._stats.snapshot()
+
+class LifecycleDetectorNode(DetectorRos, LifecycleNode):
+    """The managed detector node (see the module docstring). Starts unconfigured; /diagnostics from the start."""
+
+    def __init__(self, node_name: str = "detector_node", **kwargs: Any) -> None:
+        LifecycleNode.__init__(self, node_name, **kwargs)
+        self._init_state()
+        self._configure_error = ""
+        self._params = self._declare_detector_parameters()
+        self._create_outputs(self.create_lifecycle_publisher)
+        self._start_diagnostics()
+
+    # configure: validate parameters, build the core, load + warm up the model.
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._params = self._current_parameters()
+            core = self._make_core(self._params)
+        except ConfigError as exc:
+            return self._configure_failed(str(exc))
+        core.set_active(False)
+        if not core.load():
+            reason = core.model_state().load_error
+            core.close()
+            return self._configure_failed(reason)
+        self.core = core
+        self._configure_error = ""
+        self.get_logger().info("configured: model loaded, inactive (frames are counted, not processed)")
+        return super().on_configure(state)
+
+    def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
+        self._configure_error = reason
+        self.get_logger().error(f"configure failed: {reason}")
+        self.publish_diagnostics()
+        return TransitionCallbackReturn.FAILURE
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)   # activates the lifecycle publishers
+        self.core.set_active(True)
+        self.get_logger().info("activated: processing frames")
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.core.set_active(False)
+        self.get_logger().info("deactivated: frames are counted, not processed")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info("cleaned up: model released")
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        """Stop the core's threads and release the model."""
+        core, self.core = self.core, None
+        if core is not None:
+            core.close()
+            core.release()
+            self._frames_without_core += core.frames_inactive
+
+    def _extra_diagnostics(self) -> dict[str, str]:
+        return {"lifecycle_state": self._state_machine.current_state[1],
+                "frames_inactive": str(self._frames_without_core + self.core.frames_inactive)}
+
+    def _idle_report(self) -> tuple[int, str, dict[str, str]]:
+        state = self._state_machine.current_state[1]
+        values = {"lifecycle_state": state, "frames_inactive": str(self._frames_without_core)}
+        if self._configure_error:
+            return ERROR, f"configure failed: {self._configure_error}", {
+                "level": LEVEL_NAMES[ERROR], **values, "last_error": self._configure_error}
+        return OK, f"{state}: no model loaded", {"level": LEVEL_NAMES[OK], **values}
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._release()
 
 
 def draw_detections(image: np.ndarray, color_order: str, detections: Detections, class_names) -> np.ndarray:
@@ -330,7 +378,7 @@ def draw_detections(image: np.ndarray, color_order: str, detections: Detections,
 def close_nodes(nodes: list[Node]) -> None:
     """Stop the detectors' threads, then destroy every node."""
     for node in nodes:
-        if isinstance(node, DetectorNode):
+        if isinstance(node, DetectorRos):
             node.close()
         node.destroy_node()
 
@@ -380,8 +428,14 @@ def run_nodes(nodes: list[Node], duration: float | None = None) -> None:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point of the ``detector_node`` executable (``--ros-args`` as usual)."""
-    node = start_node("detector_node", args, DetectorNode)
+    """Entry point of the ``detector_node`` executable (``--ros-args`` as usual; ``--lifecycle`` before them:
+    the managed variant, which starts unconfigured)."""
+    argv = list(sys.argv if args is None else args)
+    ros_start = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
+    lifecycle = "--lifecycle" in argv[:ros_start]
+    if lifecycle:
+        argv.remove("--lifecycle")
+    node = start_node("detector_node", argv, LifecycleDetectorNode if lifecycle else DetectorNode)
     if node is None:
         return 2
     run_nodes([node])

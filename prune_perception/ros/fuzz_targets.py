@@ -940,12 +940,12 @@ class LiveNode:
         return Header(stamp=Time(sec=now // 10**9, nanosec=now % 10**9), frame_id="fuzz")
 
     def stats(self):
-        return self.node._stats.snapshot()
+        return self.node.stats()
 
     def alive(self) -> None:
         if not self.thread.is_alive():
             raise Crash("the executor stopped spinning (an exception escaped a callback)")
-        if not self.node._worker.is_alive():
+        if not self.node.core._worker.is_alive():
             raise Crash("the node's worker thread died")
 
     def publish_and_settle(self, msg):
@@ -994,8 +994,8 @@ class LiveNode:
 
     def wait_no_load(self) -> None:
         def idle():
-            loader = self.node._loader
-            return not self.node._loading and (loader is None or not loader.is_alive())
+            loader = self.node.core._loader
+            return not self.node.core._loading and (loader is None or not loader.is_alive())
         wait_until(idle, CASE_TIMEOUT_S * 2, "the end of a model load", poll=0.01)
 
     def close(self) -> None:
@@ -1087,13 +1087,13 @@ def check_swap_keeps_old_model(live: LiveNode, path: Path) -> None:
 
     node = live.node
     good = live.settings["model_path"]
-    failed_before = node._swaps_failed
+    failed_before = node.core._swaps_failed
     result = node.set_parameters([Parameter("model_path", value=str(path))])[0]
     live.wait_no_load()
     wait_until(lambda: node.get_parameter("model_path").value == good, CASE_TIMEOUT_S, "model_path to revert")
-    if node._serving["model_path"] != good or node._engine is None:
-        raise Crash(f"after a failed swap to {path} the node serves {node._serving and node._serving['model_path']}")
-    if result.successful and node._swaps_failed != failed_before + 1:
+    if node.core._serving["model_path"] != good or node.core._engine is None:
+        raise Crash(f"after a failed swap to {path} the node serves {node.core._serving and node.core._serving['model_path']}")
+    if result.successful and node.core._swaps_failed != failed_before + 1:
         raise Crash("a failed swap was not counted in swaps_failed")
     if not result.successful and not result.reason:
         raise Crash("swap refused without a reason")

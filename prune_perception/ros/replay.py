@@ -39,7 +39,7 @@ from prune_perception.bags.reader import open_bag
 from prune_perception.errors import BagError, ConfigError, ModelLoadError
 from prune_perception.evaluation.bag_eval import BagEvaluation, FrameRecord, bag_classes, summarize
 from prune_perception.node_params import validate_params
-from prune_perception.ros.dds_profile import apply_profile
+from prune_perception.ros.dds_profile import LOOPBACK_PROFILE, apply_profile
 from prune_perception.runtime.engine import validate_model_file
 
 NODE_NAME = "detector_node"
@@ -153,7 +153,7 @@ def replay_bag(bag_path: str | Path, model: str | Path, settings: ReplaySettings
     model = validate_model_file(model).resolve()
     if settings.rate is not None and not settings.rate > 0:
         raise ConfigError(f"replay rate must be > 0, got {settings.rate}")
-    apply_profile(None, os.environ)
+    apply_profile(LOOPBACK_PROFILE, os.environ)   # bag replay runs on one machine
     bag = open_bag(bag_path, settings.image_topic)
     compressed = bag.transport == "compressed"
     params = validate_params({**settings.params, "model_path": str(model),

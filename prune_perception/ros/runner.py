@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prune_perception.errors import ConfigError, ModelLoadError
-from prune_perception.node_params import read_params_file, validate_params
+from prune_perception.node_params import read_params_file, split_ros_node_params, validate_params
 from prune_perception.ros.dds_profile import apply_profile
 from prune_perception.runtime.engine import validate_model_file
 
@@ -32,13 +32,18 @@ class RunnerConfig:
     camera_source: str | None = None
     """Also publish frames in-process ('synthetic', a video or a folder) on each image topic."""
     camera_params: dict[str, Any] = field(default_factory=dict)
+    lifecycle: bool = False
+    """Managed detectors (LifecycleDetectorNode): they start unconfigured; a lifecycle manager or
+    `ros2 lifecycle set` drives them."""
     fastdds_profile: str | None = ""
     """'' = the shipped shared-memory profile (unless the environment sets one), None = leave DDS alone."""
     duration: float | None = None
 
 
 def detector_params(params_file: str | None, namespace: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Validated parameters of the detector in ``namespace``: file sections ``/**``, then the node's own, then overrides."""
+    """Validated parameters of the detector in ``namespace``: file sections ``/**``, then the node's own, then
+    overrides. A file written by ``ros2 param dump`` works too: of the parameters every node has, only
+    ``use_sim_time`` is kept (passed on to the node), the others are rclpy's business."""
     merged: dict[str, Any] = {}
     if params_file:
         sections = read_params_file(params_file)
@@ -47,7 +52,11 @@ def detector_params(params_file: str | None, namespace: str, overrides: dict[str
             merged.update(sections.get(key, {}))
     merged.update(overrides)
     where = f"{params_file or 'parameters'} ({namespace or '/'}{'/' if namespace else ''}{NODE_NAME})"
-    return validate_params(merged, where)
+    ours, ros = split_ros_node_params(merged, where)
+    params = validate_params(ours, where)
+    if "use_sim_time" in ros:
+        params["use_sim_time"] = ros["use_sim_time"]
+    return params
 
 
 def _topic_for(namespace: str, image_topic: str) -> str:
@@ -70,16 +79,20 @@ def run(config: RunnerConfig, on_started=None) -> list[dict[str, int]]:
     from rclpy.parameter import Parameter
 
     from prune_perception.ros.camera_publisher import CameraPublisher
-    from prune_perception.ros.detector_node import DetectorNode, close_nodes, run_nodes
+    from prune_perception.ros.detector_node import (DetectorNode, LifecycleDetectorNode, close_nodes, ros_parameter,
+                                                    run_nodes)
 
     rclpy.init(args=[])
     nodes, detectors = [], []
     try:
         for ns, params in all_params.items():
             topic = _topic_for(ns, config.image_topic)
-            detector = DetectorNode(NODE_NAME, namespace=ns or None, cli_args=[
+            node_class = LifecycleDetectorNode if config.lifecycle else DetectorNode
+            detector = node_class(NODE_NAME, namespace=ns or None, cli_args=[
                 "--ros-args", "-r", f"~/in/image:={topic}", "-r", f"~/in/image/compressed:={topic}/compressed"],
-                parameter_overrides=[Parameter(name, value=value) for name, value in params.items()])
+                # an empty list is the default of the parameters that may be empty, and rclpy cannot declare
+                # a typed parameter from an empty override
+                parameter_overrides=[ros_parameter(name, value) for name, value in params.items() if value != []])
             nodes.append(detector)
             detectors.append(detector)
             if config.camera_source:
@@ -90,7 +103,7 @@ def run(config: RunnerConfig, on_started=None) -> list[dict[str, int]]:
                     cli_args=["--ros-args", "-r", f"image_raw:={topic}",
                               "-r", f"image_raw/compressed:={topic}/compressed"],
                     parameter_overrides=[Parameter(name, value=value) for name, value in camera_params.items()]))
-        failed = [d for d in detectors if d.model_state().load_error]
+        failed = [] if config.lifecycle else [d for d in detectors if d.model_state().load_error]
         if failed:
             raise ModelLoadError(f"{failed[0].get_fully_qualified_name()}: {failed[0].model_state().load_error}")
     except Exception:

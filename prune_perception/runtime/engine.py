@@ -207,17 +207,19 @@ class DetectorEngine:
         return results, times
 
     def decode(self, data: bytes | memoryview) -> tuple[np.ndarray, str, float]:
-        """``(image, color_order, milliseconds)`` of one encoded image (JPEG, PNG, any format OpenCV reads),
-        decoded straight into the model's colour order; InputImageError if undecodable."""
+        """``(image, color_order, milliseconds)`` of one encoded image (JPEG, PNG, any format OpenCV reads);
+        InputImageError if undecodable.
+
+        Decoded as OpenCV's BGR (``IMREAD_COLOR``: every OpenCV the vehicle may have, 4.5+); pre-processing
+        reorders the channels for an RGB model in the same pass, at no extra copy."""
         start = time.perf_counter()
         buffer = np.frombuffer(data, dtype=np.uint8)
         if buffer.size == 0:
             raise InputImageError("encoded image is empty (0 bytes)")
-        model_rgb = self.info.preprocess.color_order == "RGB"
-        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB if model_rgb else cv2.IMREAD_COLOR_BGR)
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
         if image is None:
             raise InputImageError(f"cannot decode image ({buffer.size} bytes): corrupt or unsupported format")
-        return image, "rgb" if model_rgb else "bgr", (time.perf_counter() - start) * 1e3
+        return image, "bgr", (time.perf_counter() - start) * 1e3
 
     def detect_encoded(self, data: bytes | memoryview) -> tuple[Detections, StageTimes]:
         """Detections of one encoded image (JPEG, PNG, any format OpenCV reads); InputImageError if undecodable."""

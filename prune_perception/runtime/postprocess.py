@@ -35,7 +35,21 @@ def select_detections(boxes: np.ndarray, scores: np.ndarray, score_threshold: fl
     candidate_boxes = boxes[cells].astype(np.float32)
     xywh = candidate_boxes.copy()
     xywh[:, 2:] -= xywh[:, :2]
-    keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, candidate_scores.astype(np.float32), classes.astype(np.int32),
-                                              score_threshold, nms_threshold), dtype=np.int64).reshape(-1)
+    keep = class_aware_nms(xywh, candidate_scores.astype(np.float32), classes, score_threshold, nms_threshold)
     keep = keep[np.argsort(-candidate_scores[keep], kind="stable")][:max_detections]
     return Detections(candidate_boxes[keep], candidate_scores[keep].astype(np.float32), classes[keep].astype(np.int64))
+
+
+def class_aware_nms(xywh: np.ndarray, scores: np.ndarray, classes: np.ndarray, score_threshold: float,
+                    nms_threshold: float) -> np.ndarray:
+    """Indices kept by per-class NMS of float32 [N,4] x,y,w,h boxes.
+
+    Each class's boxes are shifted to their own region, so one ``cv2.dnn.NMSBoxes`` call never
+    compares boxes of two classes (what ``NMSBoxesBatched`` does, which needs OpenCV 4.6+;
+    Ubuntu 22.04 ships 4.5.4)."""
+    if len(xywh) == 0:
+        return np.zeros(0, dtype=np.int64)
+    extent = float(np.abs(xywh).max()) * 3 + 1   # a box spans at most [-max, 2 max]
+    shifted = xywh.astype(np.float32)
+    shifted[:, :2] += (classes.astype(np.float32) * extent)[:, None]
+    return np.asarray(cv2.dnn.NMSBoxes(shifted, scores, score_threshold, nms_threshold), dtype=np.int64).reshape(-1)
