@@ -23,6 +23,7 @@ from prune_perception.models.inference import LetterboxedImages, evaluate_model
 from prune_perception.runtime.model_metadata import file_sha256
 from prune_perception.pruning.importance import accumulate_gradients, make_importance
 from prune_perception.models.cost import ModelCost, model_cost
+from prune_perception.pruning.latency_model import vector_block
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner
 from prune_perception.pruning.unstructured import (UnstructuredPruner, WeightMasks, check_granularity, masked_convs,
                                                    weight_sparsity)
@@ -123,13 +124,14 @@ def run_pruning(config: PruneConfig, progress: bool = True) -> tuple[Path, list[
     model, input_hw = dense.checkpoint.model, dense.checkpoint.input_hw
     history = [PruneStep(0, 0.0, dense.cost.params, dense.cost.macs, dense.map.map50, dense.map.map50_95,
                          dense.map.map50, dense.map.map50_95, 0.0)]
-    history += prune_model(config, model, input_hw, dense.checkpoint.classes, prune_spec(settings), dense.evaluate,
-                           dense.output, progress)
+    spec = prune_spec(settings)
+    history += prune_model(config, model, input_hw, dense.checkpoint.classes, spec, dense.evaluate, dense.output,
+                           progress)
     final = history[-1]
     pruned_path = save_pruned(config, dense, model, final.mAP50, {
         "method": settings.method, "ratio": settings.ratio, "scope": "global" if settings.global_pruning else "local",
         "iterative_steps": settings.iterative_steps, "schedule": schedule, "granularity": settings.granularity,
-        "sparsity": final.sparsity})
+        "sparsity": final.sparsity, "round_to": spec.round_to, "aligned_to": spec.align_to})
     (dense.output / "history.json").write_text(json.dumps({
         "config": to_dict(config), "steps": [asdict(h) for h in history],
         "seconds": round(time.monotonic() - dense.started, 1)}, indent=2))
@@ -138,9 +140,11 @@ def run_pruning(config: PruneConfig, progress: bool = True) -> tuple[Path, list[
 
 
 def prune_spec(settings: PruneSettings, ratio: float | None = None) -> PruneSpec:
-    """The PruneSpec of the `prune:` settings, optionally at another overall ratio."""
+    """The PruneSpec of the `prune:` settings, optionally at another overall ratio; without `round_to`, widths
+    are aligned to the vector block of `latency_device` (latency_model.vector_block)."""
     return PruneSpec(settings.ratio if ratio is None else ratio, settings.global_pruning, settings.max_layer_ratio,
-                     settings.layer_ratios, settings.iterative_steps, settings.round_to)
+                     settings.layer_ratios, settings.iterative_steps, settings.round_to,
+                     None if settings.round_to is not None else vector_block(settings.latency_device))
 
 
 def load_dense(config: PruneConfig) -> tuple[Checkpoint, Callable[[Detector], MapResult]]:
