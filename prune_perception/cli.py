@@ -124,9 +124,9 @@ def _prune_to_budget(config, quiet: bool, fan_out=None) -> None:
         print(f"no ratio kept val mAP50 within {config.prune.budget:g} points: dense model written unchanged to {path}")
         return
     chosen = next(c for c in candidates if c.ratio == ratio)
-    print(f"pruned checkpoint: {path} (ratio {ratio:g}, largest within {config.prune.budget:g} mAP50 points; "
-          f"{len(candidates)} candidates): params {chosen.params:,}, MACs {chosen.macs / 1e6:.1f}M, val mAP50 "
-          f"{chosen.mAP50:.3f}")
+    print(f"pruned checkpoint: {path} (ratio {ratio:g}, the fastest within {config.prune.budget:g} mAP50 points; "
+          f"{len(candidates)} candidates): params {chosen.params:,}, MACs {chosen.macs / 1e6:.1f}M, inference p50 "
+          f"{chosen.latency_p50_ms:.2f} ms ({config.prune.latency_device}), val mAP50 {chosen.mAP50:.3f}")
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> None:

@@ -1,8 +1,11 @@
-"""Accuracy-budget search ("joint pruning"): the largest ratio whose fine-tuned mAP50 drop stays within a budget.
+"""Accuracy-budget search ("joint pruning"): the fastest pruned model whose fine-tuned mAP50 drop stays within a budget.
 
 `search_budget` is the search alone, over any `evaluate_candidate(ratio) -> (mAP50, extra)`;
-`run_budget_pruning` drives it with the real thing: prune the dense model to the ratio, fine-tune, evaluate.
-Budgets are in mAP50 points (1.0 = one point = 0.01 of mAP50).
+`run_budget_pruning` drives it with the real thing: prune the dense model to the ratio, fine-tune, evaluate,
+then time every candidate and the dense model round-robin on the target (ONNX Runtime, `latency_device`,
+`latency_threads`) and keep the fastest within budget by measured p50 (MACs decide within
+`LATENCY_TIE` of each other: that close is measurement noise). Budgets are in mAP50 points
+(1.0 = one point = 0.01 of mAP50).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from typing import Any
 from prune_perception.config import PruneConfig, PruneSettings, to_dict
 from prune_perception.errors import ConfigError
 from prune_perception.models.detector import Detector
+from prune_perception.pruning.latency_model import RANKING_RUNS, MeasureSettings, time_detectors
 from prune_perception.pruning.run import PruneStep, prune_model, prune_spec, save_pruned, start_run
 
 BUDGET_SEARCHES = ("steps", "bisect")
+LATENCY_TIE = 0.03   # a candidate with fewer MACs is kept unless another is measured this much (p50) faster
 
 
 @dataclass
@@ -45,6 +50,19 @@ class BudgetCandidate:
     mAP50_95: float
     seconds: float
     within_budget: bool
+    latency_p50_ms: float | None = None   # inference through ONNX Runtime on the target, round-robin with dense
+    latency_p99_ms: float | None = None
+
+
+def fastest_within_budget(trials: Sequence[BudgetTrial], p50_ms: Sequence[float],
+                          macs: Sequence[int]) -> BudgetTrial | None:
+    """The within-budget trial with the lowest measured p50; the fewest MACs unless beaten by > LATENCY_TIE."""
+    passed = [i for i, t in enumerate(trials) if t.within_budget]
+    if not passed:
+        return None
+    fewest_macs = min(passed, key=lambda i: (macs[i], -trials[i].ratio))
+    fastest = min(passed, key=lambda i: p50_ms[i])
+    return trials[fastest if p50_ms[fastest] < p50_ms[fewest_macs] * (1 - LATENCY_TIE) else fewest_macs]
 
 
 def validate_budget_settings(settings: PruneSettings) -> None:
@@ -131,34 +149,51 @@ def run_budget_pruning(config: PruneConfig, progress: bool = True,
                   f"({(final.mAP50 - dense_map.map50) * 100:+.2f} points)")
         return final.mAP50, (model, final, seconds)
 
-    trials, best = search_budget(evaluate_candidate, dense_map.map50, settings.budget, settings.budget_search,
-                                 settings.budget_ratios, settings.ratio, settings.budget_tolerance)
-    candidates = [BudgetCandidate(t.ratio, step.params, step.macs, t.mAP50, step.mAP50_95, seconds, t.within_budget)
-                  for t in trials for _, step, seconds in [t.extra]]
+    trials, _ = search_budget(evaluate_candidate, dense_map.map50, settings.budget, settings.budget_search,
+                              settings.budget_ratios, settings.ratio, settings.budget_tolerance)
+    measure = MeasureSettings(settings.latency_device, settings.latency_threads, settings.latency_runs)
+    dense_ms, *trial_ms = time_detectors([dense] + [t.extra[0] for t in trials], checkpoint.classes, input_hw,
+                                         measure, progress=progress, desc="candidates' latency")
+    best = fastest_within_budget(trials, [ms.p50 for ms in trial_ms], [t.extra[1].macs for t in trials])
+    candidates = [BudgetCandidate(t.ratio, step.params, step.macs, t.mAP50, step.mAP50_95, seconds, t.within_budget,
+                                  round(ms.p50, 4), round(ms.p99, 4))
+                  for t, ms in zip(trials, trial_ms) for _, step, seconds in [t.extra]]
     model = best.extra[0] if best else dense
     pruned_path = save_pruned(config, baseline, model, best.mAP50 if best else dense_map.map50, {
         "method": settings.method, "budget": settings.budget, "budget_search": settings.budget_search,
-        "ratio": best.ratio if best else 0.0, "within_budget": best is not None, "kept_dense": best is None})
+        "ratio": best.ratio if best else 0.0, "within_budget": best is not None, "kept_dense": best is None,
+        "latency_device": measure.device, "latency_threads": measure.threads,
+        "dense_latency_p50_ms": round(dense_ms.p50, 4),
+        "latency_p50_ms": round(trial_ms[trials.index(best)].p50, 4) if best else round(dense_ms.p50, 4)})
     (output / "history.json").write_text(json.dumps({
         "config": to_dict(config), "dense": {"params": dense_cost.params, "macs": dense_cost.macs,
-                                             "mAP50": dense_map.map50, "mAP50_95": dense_map.map50_95},
+                                             "mAP50": dense_map.map50, "mAP50_95": dense_map.map50_95,
+                                             "latency_p50_ms": round(dense_ms.p50, 4),
+                                             "latency_p99_ms": round(dense_ms.p99, 4)},
+        "latency": {"device": measure.device, "threads": measure.threads,
+                    "runs": max(RANKING_RUNS, measure.runs)},
         "candidates": [asdict(c) for c in candidates], "chosen_ratio": best.ratio if best else None,
         "seconds": round(time.monotonic() - baseline.started, 1)}, indent=2))
     (output / "summary.md").write_text(budget_markdown(candidates, dense_map.map50, dense_cost.macs, settings,
-                                                       best.ratio if best else None))
+                                                       best.ratio if best else None, dense_ms.p50))
     return pruned_path, candidates, best.ratio if best else None
 
 
 def budget_markdown(candidates: list[BudgetCandidate], dense_map50: float, dense_macs: int, settings: PruneSettings,
-                    chosen_ratio: float | None) -> str:
-    outcome = (f"Chosen ratio: **{chosen_ratio:g}**" if chosen_ratio is not None else
-               "**No ratio met the budget: the dense model was kept unchanged.**")
+                    chosen_ratio: float | None, dense_p50_ms: float) -> str:
+    outcome = (f"Chosen ratio: **{chosen_ratio:g}** (the fastest within budget, by measured latency)"
+               if chosen_ratio is not None else "**No ratio met the budget: the dense model was kept unchanged.**")
+    threads = settings.latency_threads or "default"
     lines = [f"# Accuracy-budget pruning ({settings.method}, {settings.budget_search})", "",
              f"Budget: {settings.budget:g} mAP50 points; dense mAP50 {dense_map50:.3f}. {outcome}", "",
-             "| ratio | params | MACs (M) | MACs cut | mAP50 | mAP50-95 | Δ mAP50 (points) | within budget | s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"Latency: inference p50 through ONNX Runtime ({settings.latency_device}, {threads} thread(s)), "
+             f"all candidates and the dense model timed round-robin; dense {dense_p50_ms:.2f} ms.", "",
+             "| ratio | params | MACs (M) | MACs cut | p50 (ms) | speed-up | mAP50 | mAP50-95 | Δ mAP50 (points) | "
+             "within budget | s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in candidates:
         lines.append(f"| {c.ratio:.3f} | {c.params:,} | {c.macs / 1e6:.1f} | {1 - c.macs / dense_macs:.1%} | "
+                     f"{c.latency_p50_ms:.2f} | {dense_p50_ms / c.latency_p50_ms:.2f}x | "
                      f"{c.mAP50:.3f} | {c.mAP50_95:.3f} | {(c.mAP50 - dense_map50) * 100:+.2f} | "
                      f"{'yes' if c.within_budget else 'no'} | {c.seconds:.1f} |")
     return "\n".join(lines) + "\n"
