@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--steps", type=int, help="iterative steps (fine-tuning after each)")
     prune.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per step (0: none)")
     prune.add_argument("--budget", type=float, metavar="POINTS",
-                       help="accuracy budget: largest ratio whose fine-tuned mAP50 drop is <= POINTS (prune.budget_*)")
+                       help="accuracy budget: the fastest (measured) ratio whose fine-tuned mAP50 drop is "
+                            "<= POINTS (prune.budget_*)")
     prune.add_argument("--schedule", choices=["oneshot", "iterative", "elastic"],
                        help="oneshot, iterative (--steps N) or elastic: soft pruning while fine-tuning, "
                             "removed for real at the end")
