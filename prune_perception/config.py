@@ -109,7 +109,8 @@ class PruneSettings:
     max_layer_ratio: float = 0.9
     layer_ratios: dict[str, float] | None = None   # per-layer overrides by arch-spec layer name
     iterative_steps: int = 1           # reach `ratio` in N steps, fine-tuning after each
-    round_to: int | None = None        # channel counts kept multiples of this
+    round_to: int | None = None        # channel counts rounded down to multiples of this (1: off); null: per-layer
+                                       # widths rounded to the nearest multiple of latency_device's vector block
     taylor_batches: int = 8            # batches of detection-loss gradients for `taylor`
     budget: float | None = None        # accuracy budget (mAP50 points): largest ratio whose drop stays within it
     budget_search: str = "steps"       # steps: try budget_ratios in order | bisect: between 0 and `ratio`
@@ -118,8 +119,8 @@ class PruneSettings:
     schedule: str = "oneshot"          # oneshot | iterative (iterative_steps >= 2) | elastic (pruning/elastic.py)
     elastic_hard_epochs: int = 1       # elastic: the last N fine-tune epochs train the hard-pruned network (0: none)
     latency_ms: float | None = None    # latency target (inference p50, ms) measured with ONNX Runtime; null = use ratio
-    latency_device: str = "cpu"        # cpu | cuda: the execution provider the target is measured on
-    latency_threads: int = 1           # ONNX Runtime intra-op threads while measuring (0: ORT's default)
+    latency_device: str = "cpu"        # cpu | cuda: where latency is measured (target, budget ranking, alignment)
+    latency_threads: int = 1           # ONNX Runtime intra-op threads while measuring (0: ORT's default; the node's)
     latency_runs: int = 50             # timed runs per candidate network (after warm-up); the final check uses >= 200
     latency_margin: float = 0.05       # the search aims at target x (1 - margin), headroom for measurement noise
     latency_val_images: int = 64       # val (+ as many train, for BatchNorm stats) images of the sensitivity estimate

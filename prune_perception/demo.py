@@ -1,7 +1,9 @@
 """The README's main command, the whole story on synthetic data:
 
-synth -> train -> prune (accuracy budget) -> export (ONNX) -> evaluation bag -> replay the dense and
-the pruned model through the real detector node -> comparison report, then a three-line summary.
+synth -> train -> prune (accuracy budget, the fastest candidate by measured latency) -> export (ONNX,
+float and INT8) -> evaluation bag -> replay the dense and the pruned model through the real detector
+node -> comparison report, then a five-line summary. Every timing uses the node's ONNX Runtime
+thread setting (the shipped config/detector.yaml default, `node_threads`).
 
 Every expensive stage is reused when it finished earlier with the same inputs: a ``done.json``
 beside its output records what it was made from (config, dataset identity, SHA-256 of the input
@@ -29,9 +31,10 @@ from prune_perception.ros_env import loopback_environment
 DEFAULT_OUTPUT = "runs/demo"
 DEFAULT_NUM_IMAGES = 1000
 DEFAULT_BUDGET = 3.0                    # mAP50 points the pruned model may lose
-DEFAULT_RATIOS = (0.2, 0.3, 0.4)        # candidate pruning ratios, tried in ascending order
+DEFAULT_RATIOS = (0.3, 0.4, 0.5)        # candidate pruning ratios (widths aligned to the CPU's vector block)
 DEFAULT_FINETUNE_EPOCHS = 6             # per candidate
-BENCH_RUNS = 300                        # round-robin inference timings of dense and pruned (1 ONNX Runtime thread)
+BENCH_RUNS = 300                        # round-robin inference timings of the four models (node's thread setting)
+INT8_CALIBRATION_IMAGES = 64            # training images that calibrate the INT8 copies
 DEFAULT_FPS = 10.0                      # evaluation bag frame rate
 DEFAULT_RATE = 1.0                      # replay speed (1 = real time)
 FOUNDATION_MAP50 = 0.60                 # the dense model's val mAP50 bar
@@ -64,7 +67,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET, metavar="POINTS",
                         help=f"largest mAP50 drop the pruned model may have (default {DEFAULT_BUDGET:g} points)")
     parser.add_argument("--ratios", type=float, nargs="+", default=list(DEFAULT_RATIOS), metavar="RATIO",
-                        help="candidate pruning ratios, tried in ascending order until one is over budget "
+                        help="candidate pruning ratios, tried in ascending order until one is over budget; the "
+                             "fastest within budget (measured) is kept "
                              f"(default {' '.join(f'{r:g}' for r in DEFAULT_RATIOS)})")
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="replay speed (default 1 = real time)")
 
@@ -98,6 +102,14 @@ def _sha256(path: Path) -> str:
     from prune_perception.runtime.model_metadata import file_sha256
 
     return file_sha256(path)
+
+
+def node_threads() -> int:
+    """ONNX Runtime intra-op threads of the detector node as shipped (config/detector.yaml = the schema default):
+    the demo's replays, offline runs and round-robin timing all use it."""
+    from prune_perception.node_params import PARAMS_BY_NAME
+
+    return PARAMS_BY_NAME["intra_op_threads"].default
 
 
 # --- stages -----------------------------------------------------------------------------------
@@ -140,7 +152,7 @@ def _prune(data_dir: Path, dense: Path, prune_dir: Path, budget: float, ratios: 
     overrides = [f"checkpoint={dense}", f"data.train={data_dir}", f"data.val={data_dir}", f"output={prune_dir}",
                  f"prune.budget={float(budget)}", "prune.budget_search=steps",
                  f"prune.budget_ratios=[{', '.join(str(float(r)) for r in ratios)}]",
-                 f"finetune.epochs={finetune_epochs}"]
+                 f"prune.latency_threads={node_threads()}", f"finetune.epochs={finetune_epochs}"]
     config = load_config(PruneConfig, None, overrides)  # defaults = config/prune_synth.yaml
     key = {"config": to_dict(config), "source_sha256": _sha256(dense)}
     done = prune_dir / "done.json"
@@ -151,39 +163,48 @@ def _prune(data_dir: Path, dense: Path, prune_dir: Path, budget: float, ratios: 
 
     done.unlink(missing_ok=True)
     print(f"budget {budget:g} mAP50 points; candidate ratios {', '.join(f'{r:g}' for r in sorted(ratios))} "
-          f"(ascending, stops at the first over budget); {finetune_epochs} fine-tuning epochs each")
+          f"(ascending, stops at the first over budget; widths aligned to the CPU's vector block); "
+          f"{finetune_epochs} fine-tuning epochs each; the fastest within budget is kept")
     result = prune(config, progress=progress)
     path, candidates, ratio = result.path, result.candidates, result.chosen_ratio
     history = json.loads((prune_dir / "history.json").read_text())
+    dense_ms = history["dense"]["latency_p50_ms"]
     for c in candidates:
-        print(f"ratio {c.ratio:g}: MACs {c.macs / 1e6:.1f}M, val mAP50 {c.mAP50:.3f} "
+        print(f"ratio {c.ratio:g}: MACs {c.macs / 1e6:.1f}M, inference p50 {c.latency_p50_ms:.2f} ms "
+              f"({dense_ms / c.latency_p50_ms:.2f}x dense {dense_ms:.2f} ms), val mAP50 {c.mAP50:.3f} "
               f"({(c.mAP50 - history['dense']['mAP50']) * 100:+.2f} points, "
               f"{'within' if c.within_budget else 'over'} budget, {c.seconds:.0f} s)")
     if ratio is None:
         print(f"no ratio kept val mAP50 within {budget:g} points: the 'pruned' model is the dense one")
     else:
-        print(f"chosen ratio {ratio:g} -> {path}")
+        print(f"chosen ratio {ratio:g} (the fastest within budget) -> {path}")
     _write_marker(done, key, chosen_ratio=ratio, dense_mAP50=round(history["dense"]["mAP50"], 4),
                   candidates=history["candidates"])
     return json.loads(done.read_text())
 
 
-def _export(checkpoints: dict[str, Path], export_dir: Path) -> dict[str, Path]:
-    """ONNX file per name; each reused while its checkpoint is unchanged."""
+def _export(checkpoints: dict[str, Path], export_dir: Path, data_dir: Path) -> dict[str, Path]:
+    """Float and INT8 ONNX files per name (`name`, `name_int8`); each reused while its checkpoint is unchanged."""
     paths = {}
     for name, checkpoint in checkpoints.items():
         onnx_path, done = export_dir / f"{name}.onnx", export_dir / f"{name}.done.json"
-        key = {"source": str(checkpoint), "source_sha256": _sha256(checkpoint)}
-        paths[name] = onnx_path
-        if _marker_matches(done, key, [onnx_path]):
-            print(f"reusing {onnx_path} (exported earlier)")
+        int8_path = onnx_path.with_suffix(".int8.onnx")
+        key = {"source": str(checkpoint), "source_sha256": _sha256(checkpoint),
+               "int8_calibration": {"data": str(data_dir), "split": "train", "images": INT8_CALIBRATION_IMAGES}}
+        paths[name], paths[f"{name}_int8"] = onnx_path, int8_path
+        if _marker_matches(done, key, [onnx_path, int8_path]):
+            print(f"reusing {onnx_path} (exported earlier, with {int8_path.name})")
             continue
         from prune_perception.export.onnx_export import export_onnx
+        from prune_perception.export.quantize import Int8Calibration
 
         done.unlink(missing_ok=True)
-        report = export_onnx(checkpoint, onnx_path)
+        report = export_onnx(checkpoint, onnx_path,
+                             int8_calibration=Int8Calibration(data_dir, "train", INT8_CALIBRATION_IMAGES))
         _write_marker(done, key, model_hash=report.model_hash)
-        print(f"{onnx_path}: {report.size_bytes / 1e6:.2f} MB; parity {report.parity.summary()}")
+        print(f"{onnx_path}: {report.size_bytes / 1e6:.2f} MB; parity {report.parity.summary()}; INT8 "
+              f"{report.int8.size_bytes / 1e6:.2f} MB, max |scores diff| vs float "
+              f"{report.int8.scores_max_abs_diff_vs_float:.3g}")
     return paths
 
 
@@ -206,26 +227,40 @@ def _bag(data_dir: Path, bag_dir: Path, dataset_identity: dict, fps: float, prog
 
 
 def _replay(bag: Path, models: dict[str, Path], replay_dir: Path, rate: float, progress: bool) -> tuple[dict, dict]:
-    """Each model through the detector node (real time), then through the engine offline (the reference)."""
+    """Dense and pruned through the detector node (real time, /clock in bag time), then every model (INT8 too)
+    through the engine offline (the reference)."""
     from prune_perception.evaluation.bag_eval import evaluate_bag_offline, write_evaluation
 
     os.environ.update(loopback_environment())  # the replay starts rclpy here and in the node
     from prune_perception.ros.replay import ReplaySettings, replay_bag
 
     replays, offline = {}, {}
-    for name, model in models.items():
-        settings = ReplaySettings(rate=rate, params={"providers": ["cpu"]}, progress=progress)
-        result = replay_bag(bag, model, settings)
+    for name in ("dense", "pruned"):
+        settings = ReplaySettings(rate=rate, params={"providers": ["cpu"], "intra_op_threads": node_threads()},
+                                  progress=progress)
+        result = replay_bag(bag, models[name], settings)
         write_evaluation(result, replay_dir, name)
         replays[name] = result
-        print(f"{name}: replay mAP50 {_map50(result):.3f}, latency p50 {result.latency.p50:.1f} ms, "
-              f"{result.answered}/{result.frames} frames answered")
+        print(f"{name}: replay mAP50 {_map50(result):.3f}, end to end p50 {result.latency.p50:.1f} ms, node "
+              f"inference p50 {_node_ms(result, 'latency_inference_ms_p50'):.1f} ms (p90/p50 "
+              f"{_node_ms(result, 'latency_inference_p90_over_p50'):.2f}), pipeline latency p50 "
+              f"{result.node.get('pipeline_latency_ms_p50', 'nan')} ms, {result.answered}/{result.frames} frames "
+              f"answered, node {result.node.get('level', '?')}")
     for name, model in models.items():
-        result = evaluate_bag_offline(bag, model, progress=progress)
+        result = evaluate_bag_offline(bag, model, engine_options={"intra_op_threads": node_threads()},
+                                      progress=progress)
         write_evaluation(result, replay_dir, f"{name}_offline")
         offline[name] = result
         print(f"{name}: offline mAP50 {_map50(result):.3f}, engine p50 {result.latency.p50:.1f} ms")
     return replays, offline
+
+
+def _node_ms(result, key: str) -> float:
+    """A number the node reported on /diagnostics (nan when missing or unavailable)."""
+    try:
+        return float(result.node.get(key, "nan"))
+    except ValueError:
+        return float("nan")
 
 
 def _map50(result) -> float:
@@ -233,23 +268,42 @@ def _map50(result) -> float:
 
 
 def summary_lines(map50: tuple[float, float], macs: tuple[int, int], inference_ms: tuple[float, float],
-                  node_ms: tuple[float, float]) -> list[str]:
-    """The three lines: dense vs pruned mAP50, MACs, and p50 latency (model inference; the node end to end)."""
+                  node_inference_ms: tuple[float, float], node_ms: tuple[float, float],
+                  int8: tuple[tuple[float, float], tuple[float, float]], threads: int) -> list[str]:
+    """The summary: dense vs pruned mAP50 (replays), MACs, inference p50 (round-robin), the node's own inference
+    and end-to-end p50 (replays), and the INT8 copies (inference p50, offline mAP50)."""
     (dense_map, pruned_map), (dense_macs, pruned_macs) = map50, macs
     (dense_ms, pruned_ms), (dense_node_ms, pruned_node_ms) = inference_ms, node_ms
-    speedup = dense_ms / pruned_ms if pruned_ms > 0 else float("nan")
+    (dense_int8_ms, pruned_int8_ms), (dense_int8_map, pruned_int8_map) = int8
+
+    def ratio(dense: float, pruned: float) -> float:
+        return dense / pruned if pruned > 0 else float("nan")
+
     return [f"mAP50   dense {dense_map:.3f}  pruned {pruned_map:.3f}  ({(pruned_map - dense_map) * 100:+.1f} points)",
             f"MACs    dense {dense_macs / 1e6:.0f} M  pruned {pruned_macs / 1e6:.0f} M  "
             f"({(pruned_macs / dense_macs - 1) * 100:+.0f} %)",
-            f"latency dense {dense_ms:.1f} ms  pruned {pruned_ms:.1f} ms inference p50 ({speedup:.2f}x); "
-            f"node end to end {dense_node_ms:.1f} / {pruned_node_ms:.1f} ms"]
+            f"latency dense {dense_ms:.1f} ms  pruned {pruned_ms:.1f} ms inference p50 ({ratio(dense_ms, pruned_ms):.2f}x;"
+            f" round-robin, {threads} ONNX Runtime thread(s) like the node)",
+            f"node    inference p50 {node_inference_ms[0]:.1f} / {node_inference_ms[1]:.1f} ms "
+            f"({ratio(*node_inference_ms):.2f}x); end to end p50 {dense_node_ms:.1f} / {pruned_node_ms:.1f} ms "
+            f"(pruned {pruned_node_ms / dense_node_ms:.2f} of dense)",
+            f"INT8    dense {dense_int8_ms:.1f} ms  pruned {pruned_int8_ms:.1f} ms inference p50 "
+            f"({ratio(dense_ms, pruned_int8_ms):.2f}x float dense); offline mAP50 {dense_int8_map:.3f} / "
+            f"{pruned_int8_map:.3f}"]
+
+
+def bench_settings():
+    """The demo's round-robin timing: the node's thread setting, BENCH_RUNS runs."""
+    from prune_perception.evaluation.bench import BenchSettings
+
+    return BenchSettings(threads=node_threads(), runs=BENCH_RUNS)
 
 
 def _bench(data_dir: Path, models: dict[str, Path], bench_dir: Path, progress: bool) -> dict:
-    """Dense and pruned timed round-robin through the runtime engine on val images (1 thread, like the node)."""
-    from prune_perception.evaluation.bench import BenchSettings, bench_images, run_bench, write_bench
+    """Every model (float and INT8) timed round-robin through the runtime engine on val images, like the node."""
+    from prune_perception.evaluation.bench import bench_images, run_bench, write_bench
 
-    settings = BenchSettings(threads=1, runs=BENCH_RUNS)
+    settings = bench_settings()
     results, machine = run_bench(list(models.values()), bench_images(str(data_dir), "val", 50), settings, progress)
     write_bench(results, machine, settings, bench_dir)
     timed = dict(zip(models, results))
@@ -297,8 +351,8 @@ def run_demo(output: Path, num_images: int = DEFAULT_NUM_IMAGES, epochs: int | N
     pruned_pt = prune_dir / "pruned.pt"
     finish("prune")
 
-    _stage(f"4/{STAGES} export dense and pruned to ONNX")
-    models = _export({"dense": dense_pt, "pruned": pruned_pt}, export_dir)
+    _stage(f"4/{STAGES} export dense and pruned to ONNX (float and INT8)")
+    models = _export({"dense": dense_pt, "pruned": pruned_pt}, export_dir, data_dir)
     finish("export")
 
     _stage(f"5/{STAGES} evaluation bag (val split)")
@@ -316,20 +370,26 @@ def run_demo(output: Path, num_images: int = DEFAULT_NUM_IMAGES, epochs: int | N
     written = write_compare_report([replays["dense"], replays["pruned"]], compare_dir)
     report = next(p for p in written if p.suffix == ".html")
     timed = _bench(data_dir, models, compare_dir / "bench", progress)
-    costs = {name: onnx_graph_cost(path) for name, path in models.items()}
+    costs = {name: onnx_graph_cost(models[name]) for name in ("dense", "pruned")}
     lines = summary_lines((_map50(replays["dense"]), _map50(replays["pruned"])),
                           (costs["dense"].macs, costs["pruned"].macs),
                           (timed["dense"].stages["inference"].p50, timed["pruned"].stages["inference"].p50),
-                          (replays["dense"].latency.p50, replays["pruned"].latency.p50))
+                          (_node_ms(replays["dense"], "latency_inference_ms_p50"),
+                           _node_ms(replays["pruned"], "latency_inference_ms_p50")),
+                          (replays["dense"].latency.p50, replays["pruned"].latency.p50),
+                          ((timed["dense_int8"].stages["inference"].p50, timed["pruned_int8"].stages["inference"].p50),
+                           (_map50(offline["dense_int8"]), _map50(offline["pruned_int8"]))), node_threads())
     finish("compare")
 
     dense_val = pruned.get("dense_mAP50", trained.get("best_mAP50"))
     summary = {
         "summary": lines, "report": str(report), "compare": [str(p) for p in written],
-        "dense": {"checkpoint": str(dense_pt), "onnx": str(models["dense"]), "val_mAP50": dense_val,
+        "dense": {"checkpoint": str(dense_pt), "onnx": str(models["dense"]), "int8": str(models["dense_int8"]),
+                  "val_mAP50": dense_val,
                   "meets_foundation_bar": dense_val is not None and dense_val >= FOUNDATION_MAP50,
                   "macs": costs["dense"].macs, "params": costs["dense"].params},
-        "pruned": {"checkpoint": str(pruned_pt), "onnx": str(models["pruned"]), "ratio": pruned.get("chosen_ratio"),
+        "pruned": {"checkpoint": str(pruned_pt), "onnx": str(models["pruned"]), "int8": str(models["pruned_int8"]),
+                   "ratio": pruned.get("chosen_ratio"),
                    "budget_points": budget, "candidates": pruned.get("candidates"),
                    "macs": costs["pruned"].macs, "params": costs["pruned"].params},
         "bag": str(bag),

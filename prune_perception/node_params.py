@@ -120,8 +120,13 @@ DETECTOR_PARAMS: tuple[ParamSpec, ...] = (
               "provider name.", "reload"),
     ParamSpec("strict_provider", False, "Refuse to load a model unless the first preferred provider is active.",
               "reload"),
-    ParamSpec("intra_op_threads", 0, "ONNX Runtime intra-op threads (0: ONNX Runtime's default).", "reload",
-              minimum=0, maximum=256),
+    ParamSpec("intra_op_threads", 1, "ONNX Runtime intra-op threads; inference runs sequentially (one operator "
+              "at a time). Default 1: steady latency on a computer shared with other nodes (with more threads "
+              "ONNX Runtime spreads each convolution over cores that camera drivers, DDS and other nodes also "
+              "need, and the slowest thread sets the pace: p90 and p99 jump). Raise it only to the number of "
+              "cores you can reserve for this node (e.g. a cpuset or taskset), and check the node's "
+              "latency_inference_p90_over_p50 on /diagnostics or with bench/node_bench.py; 0: ONNX Runtime's "
+              "default (a thread per physical core).", "reload", minimum=0, maximum=256),
     ParamSpec("warmup_runs", 3, "Inference runs on a blank input after each model load, before the model "
               "serves frames.", "next_load", minimum=0, maximum=1000),
     ParamSpec("score_threshold", 0.35, "Minimum detection score.", "live", minimum=0.0, maximum=1.0),

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from prune_perception.cli import build_parser, main
-from prune_perception.demo import _marker_matches, _write_marker, summary_lines
+from prune_perception.demo import _marker_matches, _write_marker, bench_settings, node_threads, summary_lines
+from prune_perception.node_params import read_params_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["-n", "40", "--image-size", "320x192", "--input-size", "192x128", "--epochs", "1",
@@ -26,16 +27,27 @@ def _demo(output: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]
 
 
 def test_summary_lines_format():
-    lines = summary_lines((0.848, 0.835), (524_000_000, 251_000_000), (13.0, 6.1), (19.04, 12.0))
+    lines = summary_lines((0.848, 0.835), (524_000_000, 251_000_000), (13.0, 6.1), (12.5, 6.0), (19.04, 12.0),
+                          ((7.0, 3.7), (0.845, 0.833)), 1)
     assert lines == ["mAP50   dense 0.848  pruned 0.835  (-1.3 points)",
                      "MACs    dense 524 M  pruned 251 M  (-52 %)",
-                     "latency dense 13.0 ms  pruned 6.1 ms inference p50 (2.13x); node end to end 19.0 / 12.0 ms"]
+                     "latency dense 13.0 ms  pruned 6.1 ms inference p50 (2.13x; round-robin, 1 ONNX Runtime "
+                     "thread(s) like the node)",
+                     "node    inference p50 12.5 / 6.0 ms (2.08x); end to end p50 19.0 / 12.0 ms (pruned 0.63 of dense)",
+                     "INT8    dense 7.0 ms  pruned 3.7 ms inference p50 (3.51x float dense); offline mAP50 0.845 / 0.833"]
+
+
+def test_demo_times_with_the_thread_setting_of_the_shipped_node_config():
+    """The round-robin timing, the replays and the offline runs use what config/detector.yaml gives the node."""
+    shipped = read_params_file(ROOT / "config" / "detector.yaml")["/**"]["intra_op_threads"]
+    assert shipped >= 1            # a fixed count: ONNX Runtime's default (0) takes every core
+    assert node_threads() == shipped and bench_settings().threads == shipped
 
 
 def test_demo_options_and_defaults():
     args = build_parser().parse_args(["demo"])
     assert (args.output, args.num_images, args.epochs, args.finetune_epochs, args.budget, args.ratios, args.rate) == (
-        "runs/demo", 1000, None, 6, 3.0, [0.2, 0.3, 0.4], 1.0)
+        "runs/demo", 1000, None, 6, 3.0, [0.3, 0.4, 0.5], 1.0)
     args = build_parser().parse_args(["demo", "--image-size", "320x192", "--input-size", "192x128"])
     assert (args.image_size, args.input_size) == ((320, 192), (192, 128))
     with pytest.raises(SystemExit):
@@ -79,12 +91,18 @@ def test_demo_runs_every_stage_then_reuses_them(tiny_demo):
 
     summary = json.loads((out / "summary.json").read_text())
     lines = summary["summary"]
-    assert [line.split()[0] for line in lines] == ["mAP50", "MACs", "latency"]
+    assert [line.split()[0] for line in lines] == ["mAP50", "MACs", "latency", "node", "INT8"]
+    assert (out / "export" / "dense.int8.onnx").exists() and (out / "export" / "pruned.int8.onnx").exists()
+    for name in ("dense", "pruned"):   # replays on /clock: a real pipeline latency, no WARN for the stamps
+        node = summary["replay"][name]["node"]
+        assert float(node["pipeline_latency_ms_p50"]) < 10_000 and node["pipeline_latency_note"] == "", node
+        assert float(node["latency_inference_ms_p50"]) > 0
+    assert all(c["latency_p50_ms"] > 0 for c in summary["pruned"]["candidates"])
     assert summary["report"] == str(out / "compare" / "compare.html")
     assert summary["pruned"]["macs"] < summary["dense"]["macs"]      # 2 candidates within budget at mAP ~0
     assert summary["replay"]["dense"]["frames"] == 8 and summary["offline"]["pruned"]["frames"] == 8
     # the output ends with the report's path and the three lines
-    tail = first.stdout.strip().splitlines()[-4:]
+    tail = first.stdout.strip().splitlines()[-6:]
     assert tail == [f"report: {out / 'compare' / 'compare.html'}", *lines]
 
     second, second_s = _demo(out, *TINY)

@@ -14,6 +14,7 @@ from prune_perception.runtime.health import (ERROR, ERROR_HOLD_S, LEVEL_NAMES, O
 from prune_perception.runtime.pipeline_stats import STAGES, PipelineStats
 
 WAIT_S = 10.0
+YEAR_MS = 365.25 * 86400e3
 """Generous bound for anything that should happen at once (loaded CI machines)."""
 
 
@@ -255,6 +256,13 @@ HEALTH_CASES = [
     ("provider-fallback", window_snapshot(),
      with_model(provider_fallback="preferred provider cuda is not active, running on CPUExecutionProvider"), WARN,
      r"^preferred provider cuda is not active, running on CPUExecutionProvider$"),
+    ("stamps-years-behind", window_snapshot(pipeline_ms=3 * YEAR_MS), SERVING, OK,
+     r"^pipeline latency unavailable: input stamps are 3.0 years behind the node's clock \(more than 10 s off\): "
+     r"replay with /clock"),
+    ("stamps-ahead", window_snapshot(pipeline_ms=-90_000.0), SERVING, OK,
+     r"^pipeline latency unavailable: input stamps are 1.5 minutes ahead of the node's clock"),
+    ("stamps-off-and-dropped", window_snapshot(received=5, dropped=2, pipeline_ms=3 * YEAR_MS), SERVING, WARN,
+     r"^2 frame\(s\) dropped .*; pipeline latency unavailable"),
     ("errors-before-warnings", window_snapshot(received=5, dropped=1, failed=4, pipeline_ms=500.0),
      with_model(path="", provider_fallback="cuda not active"), ERROR,
      r"^no model loaded; all 4 frame\(s\) .*; 1 frame\(s\) dropped .*; cuda not active$"),
@@ -270,7 +278,7 @@ def test_assess_level_and_reasons(snapshot, model, level, message):
 
 
 @pytest.mark.parametrize("snapshot, setting", [
-    (window_snapshot(pipeline_ms=1e6), {"latency_warn_ms": 0.0}),
+    (window_snapshot(pipeline_ms=5e3), {"latency_warn_ms": 0.0}),
     (window_snapshot(idle_s=1e6), {"input_timeout": 0.0}),
     (window_snapshot(received=0), {"input_timeout": 0.0}),
 ], ids=["latency-check-off", "input-timeout-off", "no-input-timeout-off"])
@@ -323,3 +331,25 @@ def test_report_without_model_or_samples_is_still_complete():
     assert (values["model_path"], values["active_provider"], values["last_error"]) == ("", "", "")
     assert values["pipeline_latency_ms_p50"] == "nan" and values["frames_received"] == "0"
     assert float(values["fps_in"]) == 0.0 and np.isnan(float(values["latency_inference_ms_p99"]))
+
+
+def test_off_clock_stamps_are_counted_not_recorded_and_reported_unavailable():
+    clock = ManualClock()
+    stats = PipelineStats(clock=clock)
+    record(stats, received=4, processed=4, timings={"inference": 8.0, "pipeline": 3 * YEAR_MS})
+    clock.now += 1.0
+    snapshot = stats.snapshot()
+    assert snapshot.off_clock_in_window == 4 and snapshot.latency["pipeline"].count == 0
+    assert snapshot.stamp_offset_s == pytest.approx(3 * YEAR_MS / 1e3)
+    values = report_values(snapshot, SERVING)
+    assert values["pipeline_latency_ms_p50"] == values["pipeline_latency_ms_p99"] == "unavailable"
+    assert values["pipeline_latency_note"].startswith("pipeline latency unavailable: input stamps are 3.0 years")
+    assert values["latency_inference_p90_over_p50"] == "1.000"
+    clock.now += 1.0                 # a window without frames: still unavailable, still said why
+    values = report_values(stats.snapshot(), SERVING)
+    assert values["pipeline_latency_ms_p50"] == "unavailable" and values["pipeline_latency_note"]
+    # back on the node's clock: real samples, no note in the next window
+    record(stats, received=2, processed=2, timings={"pipeline": 30.0})
+    clock.now += 1.0
+    values = report_values(stats.snapshot(), SERVING)
+    assert values["pipeline_latency_ms_p50"] == "30.000" and values["pipeline_latency_note"] == ""

@@ -11,7 +11,8 @@ from prune_perception.models.arch import default_arch
 from prune_perception.models.checkpoint import load_checkpoint
 from prune_perception.models.detector import Detector, model_widths
 from prune_perception.pruning import prune
-from prune_perception.pruning.budget import search_budget, validate_budget_settings
+from prune_perception.pruning.budget import (LATENCY_TIE, BudgetTrial, fastest_within_budget, search_budget,
+                                             validate_budget_settings)
 from prune_perception.pruning.importance import make_importance
 from prune_perception.pruning.sensitivity import run_sensitivity, select_groups
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner, prunable_groups
@@ -98,6 +99,16 @@ def test_bisect_converges_to_largest_ratio_within_budget():
     assert search_budget(evaluate, 0.80, budget=0.0, search="bisect", max_ratio=0.6)[1].ratio == 0.6 and asked == [0.6]
 
 
+def test_the_fastest_measured_candidate_within_budget_wins():
+    trials = [BudgetTrial(r, 0.8, 0.0, within) for r, within in ((0.3, True), (0.4, True), (0.5, False))]
+    macs = [300, 250, 200]
+    # 0.3 measured 10 % faster than 0.4 (e.g. aligned widths vs not): latency decides, not MACs or ratio
+    assert fastest_within_budget(trials, [5.0, 5.6, 3.0], macs).ratio == 0.3
+    # within 3 % of each other: noise; the fewer MACs win
+    assert fastest_within_budget(trials, [5.5, 5.6, 3.0], macs).ratio == 0.4
+    assert fastest_within_budget(trials[2:], [3.0], macs[2:]) is None          # over budget is never chosen
+
+
 def test_no_ratio_within_budget_keeps_nothing():
     evaluate, _ = stub_evaluation(lambda r: 0.5)
     for search in ("steps", "bisect"):
@@ -132,3 +143,8 @@ def test_budget_pruning_end_to_end(random_checkpoint, tiny_synth, tmp_path):
     saved = json.loads((tmp_path / "history.json").read_text())
     assert saved["chosen_ratio"] == 0.5 and len(saved["candidates"]) == 2
     assert "Chosen ratio: **0.5**" in (tmp_path / "summary.md").read_text()
+    # ranked by measured latency: every candidate and the dense model timed (ms), the chosen one not slower
+    assert saved["dense"]["latency_p50_ms"] > 0 and all(c["latency_p50_ms"] > 0 for c in saved["candidates"])
+    assert candidates[1].latency_p50_ms <= candidates[0].latency_p50_ms * (1 + LATENCY_TIE)
+    assert checkpoint.meta["pruning"]["latency_p50_ms"] == candidates[1].latency_p50_ms
+    assert "speed-up" in (tmp_path / "summary.md").read_text()

@@ -29,7 +29,9 @@ def _add_bag_evaluation_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--rate", type=float, default=1.0, help="bag time scale (2 = twice as fast)")
     command.add_argument("--max-rate", action="store_true",
                          help="each frame waits for the previous output (deterministic, nothing dropped)")
-    command.add_argument("--clock", action="store_true", help="publish /clock; the node uses sim time")
+    command.add_argument("--clock", action=argparse.BooleanOptionalAction, default=None,
+                         help="publish /clock in bag time and run the node on sim time (default: on when "
+                              "playing at a rate, off with --max-rate)")
     command.add_argument("--offline", action="store_true", help="run the runtime engine over the bag, no ROS")
     command.add_argument("--image-topic", help="image topic (default: the bag's only image topic)")
     command.add_argument("--providers", nargs="+", default=["cpu"])

@@ -64,7 +64,8 @@ def add_prune_parser(sub) -> None:
     prune.add_argument("--steps", type=int, help="iterative steps (fine-tuning after each)")
     prune.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per step (0: none)")
     prune.add_argument("--budget", type=float, metavar="POINTS",
-                       help="accuracy budget: largest ratio whose fine-tuned mAP50 drop is <= POINTS (prune.budget_*)")
+                       help="accuracy budget: the fastest (measured) ratio whose fine-tuned mAP50 drop is "
+                            "<= POINTS (prune.budget_*)")
     prune.add_argument("--schedule", choices=SCHEDULES,
                        help="oneshot, iterative (--steps N) or elastic: soft pruning while fine-tuning, "
                             "removed for real at the end")

@@ -1,13 +1,17 @@
-"""Accuracy-budget search ("joint pruning"): the largest ratio whose fine-tuned mAP50 drop stays within a budget.
+"""Accuracy-budget search ("joint pruning"): the fastest pruned model whose fine-tuned mAP50 drop stays within a budget.
 
 `search_budget` is the search alone, over any `evaluate_candidate(ratio) -> (mAP50, extra)`;
-`run_budget_pruning` drives it with the real thing: prune the dense model to the ratio, fine-tune, evaluate.
-Budgets are in mAP50 points (1.0 = one point = 0.01 of mAP50).
+`run_budget_pruning` drives it with the real thing: prune the dense model to the ratio, fine-tune, evaluate,
+then time every candidate and the dense model round-robin on the target (ONNX Runtime, `latency_device`,
+`latency_threads`) and keep the fastest within budget by measured p50 (MACs decide within
+`LATENCY_TIE` of each other: that close is measurement noise). Budgets are in mAP50 points
+(1.0 = one point = 0.01 of mAP50).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +25,10 @@ from prune_perception.models.detector import Detector
 from prune_perception.pruning.choices import BUDGET_SEARCHES
 from prune_perception.pruning.dense import save_pruned, start_run
 from prune_perception.pruning.history import PruneResult, PruneStep
+from prune_perception.pruning.latency_model import RANKING_RUNS, MeasureSettings, time_detectors
 from prune_perception.pruning.schedules import prune_model, prune_spec
+
+LATENCY_TIE = 0.03   # a candidate with fewer MACs is kept unless another is measured this much (p50) faster
 
 
 @dataclass
@@ -46,6 +53,19 @@ class BudgetCandidate:
     mAP50_95: float
     seconds: float
     within_budget: bool
+    latency_p50_ms: float | None = None   # inference through ONNX Runtime on the target, round-robin with dense
+    latency_p99_ms: float | None = None
+
+
+def fastest_within_budget(trials: Sequence[BudgetTrial], p50_ms: Sequence[float],
+                          macs: Sequence[int]) -> BudgetTrial | None:
+    """The within-budget trial with the lowest measured p50; the fewest MACs unless beaten by > LATENCY_TIE."""
+    passed = [i for i, t in enumerate(trials) if t.within_budget]
+    if not passed:
+        return None
+    fewest_macs = min(passed, key=lambda i: (macs[i], -trials[i].ratio))
+    fastest = min(passed, key=lambda i: p50_ms[i])
+    return trials[fastest if p50_ms[fastest] < p50_ms[fewest_macs] * (1 - LATENCY_TIE) else fewest_macs]
 
 
 def validate_budget_settings(settings: PruneSettings) -> None:
@@ -130,26 +150,41 @@ def run_budget_pruning(config: PruneConfig, progress: bool = True, fan_out: Call
                   f"({(final.mAP50 - dense_map.map50) * 100:+.2f} points)")
         return final.mAP50, (model, final, seconds)
 
-    trials, best = search_budget(evaluate_candidate, dense_map.map50, settings.budget, settings.budget_search,
-                                 settings.budget_ratios, settings.ratio, settings.budget_tolerance)
-    candidates = [BudgetCandidate(t.ratio, step.params, step.macs, t.mAP50, step.mAP50_95, seconds, t.within_budget)
-                  for t in trials for _, step, seconds in [t.extra]]
+    trials, _ = search_budget(evaluate_candidate, dense_map.map50, settings.budget, settings.budget_search,
+                              settings.budget_ratios, settings.ratio, settings.budget_tolerance)
+    measure = MeasureSettings(settings.latency_device, settings.latency_threads, settings.latency_runs)
+    dense_ms, *trial_ms = time_detectors([dense] + [t.extra[0] for t in trials], checkpoint.classes, input_hw,
+                                         measure, progress=progress, desc="candidates' latency")
+    best = fastest_within_budget(trials, [ms.p50 for ms in trial_ms], [t.extra[1].macs for t in trials])
+    candidates = [BudgetCandidate(t.ratio, step.params, step.macs, t.mAP50, step.mAP50_95, seconds, t.within_budget,
+                                  round(ms.p50, 4), round(ms.p99, 4))
+                  for t, ms in zip(trials, trial_ms) for _, step, seconds in [t.extra]]
     chosen_ratio = best.ratio if best else None
+    best_ms = trial_ms[trials.index(best)] if best else dense_ms
     model = best.extra[0] if best else dense
     pruned_path = save_pruned(config, baseline, model, best.mAP50 if best else dense_map.map50, {
         "method": settings.method, "budget": settings.budget, "budget_search": settings.budget_search,
-        "ratio": chosen_ratio or 0.0, "within_budget": best is not None, "kept_dense": best is None})
+        "ratio": chosen_ratio or 0.0, "within_budget": best is not None, "kept_dense": best is None,
+        "latency_device": measure.device, "latency_threads": measure.threads,
+        "dense_latency_p50_ms": round(dense_ms.p50, 4), "latency_p50_ms": round(best_ms.p50, 4)})
     (output / "history.json").write_text(json.dumps({
         "config": to_dict(config), "dense": {"params": dense_cost.params, "macs": dense_cost.macs,
-                                             "mAP50": dense_map.map50, "mAP50_95": dense_map.map50_95},
+                                             "mAP50": dense_map.map50, "mAP50_95": dense_map.map50_95,
+                                             "latency_p50_ms": round(dense_ms.p50, 4),
+                                             "latency_p99_ms": round(dense_ms.p99, 4)},
+        "latency": {"device": measure.device, "threads": measure.threads,
+                    "runs": max(RANKING_RUNS, measure.runs)},
         "candidates": [asdict(c) for c in candidates], "chosen_ratio": chosen_ratio,
         "seconds": baseline.seconds()}, indent=2))
     (output / "summary.md").write_text(budget_markdown(candidates, dense_map.map50, dense_cost.macs, settings,
-                                                       chosen_ratio))
-    history = [baseline.step()] + ([best.extra[1]] if best else [])
-    return PruneResult("budget", pruned_path, output, history, _budget_summary(pruned_path, candidates, settings,
-                                                                               chosen_ratio),
-                       candidates, chosen_ratio, kept_dense=best is None)
+                                                       chosen_ratio, dense_ms.p50))
+    history = [baseline.step(latency_p50_ms=round(dense_ms.p50, 4), latency_p99_ms=round(dense_ms.p99, 4))]
+    if best:
+        history.append(dataclasses.replace(best.extra[1], latency_p50_ms=round(best_ms.p50, 4),
+                                           latency_p99_ms=round(best_ms.p99, 4)))
+    return PruneResult("budget", pruned_path, output, history,
+                       _budget_summary(pruned_path, candidates, settings, chosen_ratio), candidates, chosen_ratio,
+                       kept_dense=best is None)
 
 
 def _budget_summary(path: Path, candidates: list[BudgetCandidate], settings: PruneSettings,
@@ -157,21 +192,26 @@ def _budget_summary(path: Path, candidates: list[BudgetCandidate], settings: Pru
     if chosen_ratio is None:
         return [f"no ratio kept val mAP50 within {settings.budget:g} points: dense model written unchanged to {path}"]
     chosen = next(c for c in candidates if c.ratio == chosen_ratio)
-    return [f"pruned checkpoint: {path} (ratio {chosen_ratio:g}, largest within {settings.budget:g} mAP50 points; "
-            f"{len(candidates)} candidates): params {chosen.params:,}, MACs {chosen.macs / 1e6:.1f}M, val mAP50 "
-            f"{chosen.mAP50:.3f}"]
+    return [f"pruned checkpoint: {path} (ratio {chosen_ratio:g}, the fastest within {settings.budget:g} mAP50 "
+            f"points; {len(candidates)} candidates): params {chosen.params:,}, MACs {chosen.macs / 1e6:.1f}M, "
+            f"inference p50 {chosen.latency_p50_ms:.2f} ms ({settings.latency_device}), val mAP50 {chosen.mAP50:.3f}"]
 
 
 def budget_markdown(candidates: list[BudgetCandidate], dense_map50: float, dense_macs: int, settings: PruneSettings,
-                    chosen_ratio: float | None) -> str:
-    outcome = (f"Chosen ratio: **{chosen_ratio:g}**" if chosen_ratio is not None else
-               "**No ratio met the budget: the dense model was kept unchanged.**")
+                    chosen_ratio: float | None, dense_p50_ms: float) -> str:
+    outcome = (f"Chosen ratio: **{chosen_ratio:g}** (the fastest within budget, by measured latency)"
+               if chosen_ratio is not None else "**No ratio met the budget: the dense model was kept unchanged.**")
+    threads = settings.latency_threads or "default"
     lines = [f"# Accuracy-budget pruning ({settings.method}, {settings.budget_search})", "",
              f"Budget: {settings.budget:g} mAP50 points; dense mAP50 {dense_map50:.3f}. {outcome}", "",
-             "| ratio | params | MACs (M) | MACs cut | mAP50 | mAP50-95 | Δ mAP50 (points) | within budget | s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"Latency: inference p50 through ONNX Runtime ({settings.latency_device}, {threads} thread(s)), "
+             f"all candidates and the dense model timed round-robin; dense {dense_p50_ms:.2f} ms.", "",
+             "| ratio | params | MACs (M) | MACs cut | p50 (ms) | speed-up | mAP50 | mAP50-95 | Δ mAP50 (points) | "
+             "within budget | s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in candidates:
         lines.append(f"| {c.ratio:.3f} | {c.params:,} | {c.macs / 1e6:.1f} | {1 - c.macs / dense_macs:.1%} | "
+                     f"{c.latency_p50_ms:.2f} | {dense_p50_ms / c.latency_p50_ms:.2f}x | "
                      f"{c.mAP50:.3f} | {c.mAP50_95:.3f} | {(c.mAP50 - dense_map50) * 100:+.2f} | "
                      f"{'yes' if c.within_budget else 'no'} | {c.seconds:.1f} |")
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ would remove, coupled layers included) to channel indices. Two ways of zeroing i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -144,8 +145,7 @@ class SoftSelector:
 
     def __init__(self, model: Detector, input_hw: tuple[int, int], importance: tp.importance.Importance,
                  spec: PruneSpec):
-        self.pruner = StructuredPruner(model, input_hw, importance, PruneSpec(
-            spec.ratio, spec.global_pruning, spec.max_layer_ratio, spec.layer_ratios, 1, spec.round_to)).pruner
+        self.pruner = StructuredPruner(model, input_hw, importance, dataclasses.replace(spec, iterative_steps=1)).pruner
         self.names = {module: name for name, module in model.named_modules()}
 
     def select(self) -> Selection:

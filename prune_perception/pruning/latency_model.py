@@ -42,13 +42,15 @@ from prune_perception.export.metadata import build_metadata, model_hash, set_met
 from prune_perception.export.onnx_export import (ExportableDetector, slim_model, trace_to_onnx,
                                                  write_model_atomically)
 from prune_perception.models.detector import Detector, spec_layers
+from prune_perception.pruning.structured import ratio_keeping
 from prune_perception.runtime.engine import DetectorEngine
 from prune_perception.runtime.latency_stats import LatencyStats
-from prune_perception.machine import cpu_model
+from prune_perception.machine import cpu_flags, cpu_model
 from prune_perception.pruning.choices import LATENCY_DEVICES
 
 FEATURES = ("constant", "GMACs", "M activations")
 BLOCKS = (1, 4, 8, 16)   # candidate SIMD channel blocks the latency model may fit
+DEFAULT_BLOCK = 8        # channel block where none is detected (AVX/AVX2 fp32, NEON, CUDA tensor cores)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,18 @@ def check_device(device: str) -> None:
         raise ConfigError(f"--device cuda: this onnxruntime build has no CUDA execution provider (available: "
                           f"{', '.join(available)}); measure on a machine with an NVIDIA GPU and onnxruntime-gpu "
                           f"(not installed beside onnxruntime), or use --device cpu")
+
+
+def vector_block(device: str = "cpu") -> int:
+    """The channel block convolutions run in on `device` here, what plain ratio pruning aligns widths to.
+
+    CPU: 16 with AVX-512 (ONNX Runtime's blocked NCHWc convolutions), else 8 (AVX/AVX2, and the default
+    for other CPUs); CUDA: 8 (tensor-core tiles). The latency-budget search fits the block from
+    measurements instead (LatencyModel.fit).
+    """
+    if device == "cpu" and "avx512f" in cpu_flags():
+        return 16
+    return DEFAULT_BLOCK
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -154,8 +168,7 @@ class WidthSpace:
 
     def layer_ratios(self, candidate: Sequence[int]) -> dict[str, float]:
         """`PruneSpec.layer_ratios` that make torch-pruning keep exactly these widths (every group listed)."""
-        return {group[0]: 0.0 if width >= dense else round(1.0 - (int(width) + 0.5) / int(dense), 6)
-                for group, width, dense in zip(self.groups, candidate, self.dense)}
+        return {group[0]: ratio_keeping(width, dense) for group, width, dense in zip(self.groups, candidate, self.dense)}
 
 
 class CostFeatures:
@@ -312,6 +325,19 @@ def time_models(paths: Sequence[Path], settings: MeasureSettings, runs: int | No
             if round_index >= settings.warmup:
                 timings.append((time.perf_counter() - start) * 1e3)
     return [LatencyStats.of(s) for s in samples]
+
+
+RANKING_RUNS = 200   # timed runs (each model, round-robin) when finished candidates are ranked by latency
+
+
+def time_detectors(models: Sequence[Detector], classes: Sequence[str], input_hw: tuple[int, int],
+                   settings: MeasureSettings, runs: int = RANKING_RUNS, progress: bool = False,
+                   desc: str = "latency") -> list[LatencyStats]:
+    """Inference latency of trained networks, each exported the way `export` does it and timed round-robin."""
+    with tempfile.TemporaryDirectory(prefix="latency_models_") as folder:
+        paths = [export_candidate(model.arch, classes, input_hw, Path(folder) / f"model_{index}.onnx", model)
+                 for index, model in enumerate(models)]
+        return time_models(paths, settings, max(runs, settings.runs), progress, desc)
 
 
 class LatencyMeter:

@@ -21,13 +21,14 @@ def run_pruning(config: PruneConfig, progress: bool = True) -> PruneResult:
     dense = start_run(config)
     model, input_hw = dense.checkpoint.model, dense.checkpoint.input_hw
     history = [dense.step()]
-    history += prune_model(config, model, input_hw, dense.checkpoint.classes, prune_spec(settings), dense.evaluate,
-                           dense.output, progress)
+    spec = prune_spec(settings)
+    history += prune_model(config, model, input_hw, dense.checkpoint.classes, spec, dense.evaluate, dense.output,
+                           progress)
     final = history[-1]
     path = save_pruned(config, dense, model, final.mAP50, {
         "method": settings.method, "ratio": settings.ratio, "scope": "global" if settings.global_pruning else "local",
         "iterative_steps": settings.iterative_steps, "schedule": schedule, "granularity": settings.granularity,
-        "sparsity": final.sparsity})
+        "sparsity": final.sparsity, "round_to": spec.round_to, "aligned_to": spec.align_to})
     (dense.output / "history.json").write_text(json.dumps({
         "config": to_dict(config), "steps": [asdict(h) for h in history], "seconds": dense.seconds()}, indent=2))
     (dense.output / "summary.md").write_text(prune_markdown(history, settings.method, schedule))

@@ -22,6 +22,7 @@ from prune_perception.pruning.elastic import elastic_prune
 from prune_perception.pruning.finetune import finetune
 from prune_perception.pruning.history import PruneStep
 from prune_perception.pruning.importance import accumulate_gradients, make_importance
+from prune_perception.pruning.latency_model import vector_block
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner
 from prune_perception.pruning.unstructured import UnstructuredPruner, masked_convs, weight_sparsity
 from prune_perception.training.loss import DetectionLoss
@@ -49,9 +50,11 @@ def resolve_schedule(settings: PruneSettings) -> str:
 
 
 def prune_spec(settings: PruneSettings, ratio: float | None = None) -> PruneSpec:
-    """The PruneSpec of the `prune:` settings, optionally at another overall ratio."""
+    """The PruneSpec of the `prune:` settings, optionally at another overall ratio; without `round_to`, widths
+    are aligned to the vector block of `latency_device` (latency_model.vector_block)."""
     return PruneSpec(settings.ratio if ratio is None else ratio, settings.global_pruning, settings.max_layer_ratio,
-                     settings.layer_ratios, settings.iterative_steps, settings.round_to)
+                     settings.layer_ratios, settings.iterative_steps, settings.round_to,
+                     None if settings.round_to is not None else vector_block(settings.latency_device))
 
 
 def prune_model(config: PruneConfig, model: Detector, input_hw: tuple[int, int], classes: list[str], spec: PruneSpec,

@@ -25,7 +25,9 @@ class PruneSpec:
     max_layer_ratio: float = 0.9       # never remove more than this fraction of one layer's channels
     layer_ratios: dict[str, float] | None = None   # per-layer overrides, arch-spec names (e.g. "neck.td3")
     iterative_steps: int = 1           # reach `ratio` in this many equal steps (fine-tune in between)
-    round_to: int | None = None        # keep channel counts multiples of this (SIMD-friendly widths)
+    round_to: int | None = None        # keep channel counts multiples of this (torch-pruning rounds down)
+    align_to: int | None = None        # per-layer ratios (not global, no round_to): round each kept width to the
+                                       # nearest multiple of this hardware block (aligned_width)
 
     def validate(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -58,6 +60,40 @@ def prunable_groups(model: Detector, input_hw: tuple[int, int]) -> list[tuple[st
     return coupled_layer_groups(graph, model)
 
 
+def aligned_width(channels: int, ratio: float, block: int, max_layer_ratio: float) -> int:
+    """The width a group of `channels` keeps at `ratio`, rounded to the nearest multiple of `block`.
+
+    Never below one block nor below what `max_layer_ratio` keeps, never above `channels`; a group narrower
+    than two blocks, or not pruned at all, keeps what the plain ratio gives (it cannot be aligned usefully).
+    """
+    kept = max(1, int(channels * (1 - ratio)))
+    if ratio <= 0 or channels < 2 * block:
+        return min(channels, kept)
+    floor = max(1, int(channels * (1 - max_layer_ratio)))
+    width = max(block, int(kept / block + 0.5) * block)
+    while width < floor:
+        width += block
+    return min(channels, width)
+
+
+def aligned_layer_ratios(model: Detector, groups: list[tuple[str, ...]], spec: PruneSpec) -> dict[str, float]:
+    """Per-group ratios (every group listed, by its first layer) that keep `aligned_width` channels each."""
+    overrides, layers = spec.layer_ratios or {}, spec_layers(model)
+    ratios = {}
+    for group in groups:
+        ratio = next((overrides[name] for name in group if name in overrides), spec.ratio)
+        channels = layers[group[0]].conv.out_channels
+        width = aligned_width(channels, min(ratio, spec.max_layer_ratio), spec.align_to, spec.max_layer_ratio)
+        ratios[group[0]] = ratio_keeping(width, channels)
+    return ratios
+
+
+def ratio_keeping(width: int, channels: int) -> float:
+    """The layer ratio at which torch-pruning keeps exactly `width` of `channels` (it keeps int(channels * (1 - r)):
+    the half channel absorbs rounding)."""
+    return 0.0 if width >= channels else round(1.0 - (int(width) + 0.5) / int(channels), 6)
+
+
 class StructuredPruner:
     """Wraps torch-pruning's MetaPruner for one Detector; call step() `spec.iterative_steps` times."""
 
@@ -69,10 +105,13 @@ class StructuredPruner:
         unknown = sorted(set(spec.layer_ratios or {}) - set(convs))
         if unknown:
             raise ConfigError(f"unknown layer(s) in layer_ratios: {', '.join(unknown)}")
+        layer_ratios = spec.layer_ratios or {}
+        if spec.align_to and spec.align_to > 1 and spec.round_to is None and not spec.global_pruning:
+            layer_ratios = aligned_layer_ratios(model, prunable_groups(model, input_hw), spec)
         self.pruner = tp.pruner.MetaPruner(
             model, torch.zeros(1, 3, *input_hw), importance=importance, global_pruning=spec.global_pruning,
             pruning_ratio=spec.ratio, max_pruning_ratio=spec.max_layer_ratio, iterative_steps=spec.iterative_steps,
-            pruning_ratio_dict={convs[name]: r for name, r in (spec.layer_ratios or {}).items()} or None,
+            pruning_ratio_dict={convs[name]: r for name, r in layer_ratios.items()} or None,
             ignored_layers=model.prunable_output_layers(), round_to=spec.round_to)
         self.groups = coupled_layer_groups(self.pruner.DG, model)
         self._check_no_layer_emptied()

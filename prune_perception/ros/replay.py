@@ -4,8 +4,10 @@ The node runs as its own process (``python -m prune_perception.ros.detector_node
 executable as on the vehicle, with the shipped Fast DDS shared-memory profile unless the
 environment names one). This process plays the bag's image messages (their stored CDR bytes) on
 the bag's image topic, timed by the bag's log times divided by ``rate`` — or, with ``rate=None``
-(max-rate), each frame after the previous one's output arrived — optionally publishing ``/clock``
-in bag time for ``use_sim_time``. Outputs and /diagnostics are recorded into a new bag when asked.
+(max-rate), each frame after the previous one's output arrived. At a rate it publishes ``/clock`` in
+bag time and runs the node with ``use_sim_time`` (by default), so the node's pipeline latency
+(publish time - header.stamp) is measured on the bag's time base, not wall clock minus a stamp
+recorded years ago. Outputs and /diagnostics are recorded into a new bag when asked.
 Each input frame is matched to its output by header stamp; every wait has a timeout.
 """
 
@@ -45,7 +47,8 @@ from prune_perception.runtime.engine import validate_model_file
 NODE_NAME = "detector_node"
 DETECTIONS_TYPE = "vision_msgs/msg/Detection2DArray"
 DIAGNOSTICS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
-CLOCK_PERIOD_S = 0.01
+CLOCK_PERIOD_S = 0.002
+"""/clock ticks between frames: the resolution of the node's pipeline latency in a replay."""
 RECORDED_DETECTIONS_TOPIC = f"/{NODE_NAME}/out/detections"
 """Outputs are recorded under the node's default name, whatever namespace the replay used."""
 
@@ -54,8 +57,9 @@ RECORDED_DETECTIONS_TOPIC = f"/{NODE_NAME}/out/detections"
 class ReplaySettings:
     rate: float | None = 1.0
     """Bag time scale (2.0 = twice as fast); None = max-rate: each frame waits for the previous output."""
-    clock: bool = False
-    """Publish /clock in bag time; the node runs with use_sim_time."""
+    clock: bool | None = None
+    """Publish /clock in bag time and run the node with use_sim_time; None: when playing at a rate (max-rate has
+    no time base to play: the node then says its input stamps are not on its clock)."""
     record: Path | None = None
     image_topic: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
@@ -168,7 +172,8 @@ def replay_bag(bag_path: str | Path, model: str | Path, settings: ReplaySettings
     mode = "replay max-rate" if settings.rate is None else f"replay x{settings.rate:g}"
     with tempfile.TemporaryDirectory(prefix="replay_") as tmp, bag:
         workdir = Path(tmp)
-        process = _start_node(model, params, namespace, image_topic, settings.clock, workdir)
+        clock = settings.rate is not None if settings.clock is None else settings.clock
+        process = _start_node(model, params, namespace, image_topic, clock, workdir)
         player = _Player(context, image_topic, compressed, node_fqn, record)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(player.node)
@@ -176,7 +181,7 @@ def replay_bag(bag_path: str | Path, model: str | Path, settings: ReplaySettings
         spinner.start()
         try:
             _wait_ready(player, process, workdir, model, settings.startup_timeout)
-            frames, wall = _play(bag, player, settings)
+            frames, wall = _play(bag, player, settings, clock)
             player.wait(lambda: all(f.stamp_ns in player.outputs for f in frames if f.error is None),
                         settings.drain_timeout)
             seen = player.diagnostics
@@ -248,11 +253,11 @@ class _BagClock:
             self._thread.join(1)
 
 
-def _play(bag, player: _Player, settings: ReplaySettings) -> tuple[list[FrameRecord], float]:
+def _play(bag, player: _Player, settings: ReplaySettings, publish_clock: bool) -> tuple[list[FrameRecord], float]:
     frames: list[FrameRecord] = []
     started = time.perf_counter()
     first_log: int | None = None
-    clock = _BagClock(player.clock, settings.rate) if settings.clock else None
+    clock = _BagClock(player.clock, settings.rate) if publish_clock else None
     try:
         for frame in tqdm(bag.frames(), total=bag.frame_count, desc="replay", unit="frame",
                           disable=not settings.progress):

@@ -119,6 +119,7 @@ class DetectorEngine:
         model_format = model_format_name(model_format)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL   # one operator at a time: steady latency
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self._session = create_session(path, providers, strict_provider, options)

@@ -5,6 +5,8 @@ ERROR: no model is loaded, a model load/swap failed less than ``ERROR_HOLD_S`` a
 in the last window and none was processed (the others, if any, dropped). WARN: some frames failed or
 were dropped in the last window, the p90 pipeline latency is over ``latency_warn_ms``, no input for
 ``input_timeout`` s, or the first preferred execution provider is not the one running. OK otherwise.
+Input stamps that are not on the node's clock (pipeline_stats.OFF_CLOCK_S) raise no level: the
+message says so and the pipeline latency is reported as unavailable.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from prune_perception.runtime.pipeline_stats import STAGES, StatsSnapshot
+from prune_perception.runtime.pipeline_stats import OFF_CLOCK_S, STAGES, StatsSnapshot
 
 OK, WARN, ERROR = 0, 1, 2
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR"}
@@ -70,8 +72,28 @@ def assess(snapshot: StatsSnapshot, model: ModelState, latency_warn_ms: float,
         warnings.append(f"no input images {since}")
     if model.provider_fallback:
         warnings.append(model.provider_fallback)
+    notes = [note for note in [off_clock_note(snapshot)] if note]
     level = ERROR if errors else WARN if warnings else OK
-    return level, "; ".join(errors + warnings) or "OK"
+    return level, "; ".join(errors + warnings + notes) or "OK"
+
+
+def off_clock_note(snapshot: StatsSnapshot) -> str:
+    """Why the pipeline latency is unavailable, in words: input stamps off the node's clock in the last window,
+    or earlier with no frame on the clock since ('' otherwise)."""
+    offset = snapshot.stamp_offset_s
+    pipeline = snapshot.latency.get("pipeline")
+    if offset is None or not (snapshot.off_clock_in_window or pipeline is None or pipeline.count == 0):
+        return ""
+    where = "behind" if offset > 0 else "ahead of"
+    return (f"pipeline latency unavailable: input stamps are {_duration(abs(offset))} {where} the node's clock "
+            f"(more than {OFF_CLOCK_S:g} s off): replay with /clock or give the node the camera's time base")
+
+
+def _duration(seconds: float) -> str:
+    for unit, length in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.1f} {unit}"
+    return f"{seconds:.1f} s"
 
 
 def _ms(value: float) -> str:
@@ -103,11 +125,19 @@ def report_values(snapshot: StatsSnapshot, model: ModelState, extra: dict[str, s
         "dropped_in_window": str(snapshot.dropped_in_window),
         "failed_in_window": str(snapshot.failed_in_window),
     }
+    note = off_clock_note(snapshot)
+    pipeline_unavailable = bool(note) and not (snapshot.latency.get("pipeline") and snapshot.latency["pipeline"].count)
     for stage in STAGES:
         stats = snapshot.latency.get(stage)
         prefix = "pipeline_latency" if stage == "pipeline" else f"latency_{stage}"
         for name in ("p50", "p90", "p99"):
-            values[f"{prefix}_ms_{name}"] = _ms(getattr(stats, name) if stats else math.nan)
+            values[f"{prefix}_ms_{name}"] = ("unavailable" if stage == "pipeline" and pipeline_unavailable
+                                             else _ms(getattr(stats, name) if stats else math.nan))
+    values["pipeline_latency_note"] = note
+    values["stamp_offset_s"] = "" if snapshot.stamp_offset_s is None else f"{snapshot.stamp_offset_s:.3f}"
+    inference = snapshot.latency.get("inference")
+    values["latency_inference_p90_over_p50"] = (_ms(inference.p90 / inference.p50)
+                                                if inference and inference.count and inference.p50 > 0 else "nan")
     values["latency_samples"] = str(snapshot.latency["total"].count if "total" in snapshot.latency else 0)
     values["seconds_since_input"] = "" if snapshot.seconds_since_input is None else f"{snapshot.seconds_since_input:.3f}"
     values["last_error"] = snapshot.last_error
