@@ -170,8 +170,9 @@ def test_every_command_runs_over_the_demo_outputs(tiny_demo, tmp_path, capsys):
                         "--set", "prune.latency_runs=3"]}
     for name, args in runs.items():
         _summary(_cli(capsys, *prune, *args, "-o", out / name))
-    _summary(_cli(capsys, "sensitivity", "--checkpoint", dense_pt, "--data", data, "--ratios", "0.5",
-                  "--layers", "neck.td3", "--val-images", "4", "-o", out / "sensitivity", "-q"))
+    sensitivity = _cli(capsys, "sensitivity", "--checkpoint", dense_pt, "--data", data, "--ratios", "0.5",
+                       "--layers", "neck.td3", "--val-images", "4", "-o", out / "sensitivity", "-q")
+    assert "most sensitive: neck.td3" in _summary(sensitivity)
     every_kind = [demo / "prune", *(out / name for name in runs)]   # the demo's run: an accuracy budget
     report = _summary(_cli(capsys, "report", *every_kind, "--sensitivity", out / "sensitivity", "-o", out / "report"))
     assert report.startswith(f"pruning report of {len(every_kind)} run(s)")
@@ -179,9 +180,9 @@ def test_every_command_runs_over_the_demo_outputs(tiny_demo, tmp_path, capsys):
     assert all(f"<td>{run.name}</td>" in html for run in every_kind) and "budget ≤" in html and "latency ≤" in html
 
     assert "wrote" in _summary(_cli(capsys, "export", dense_pt, "-o", out / "export" / "dense.onnx"))
-    timings = json.loads(_cli(capsys, "bench", dense_onnx, pruned_onnx, "--runs", "5", "--warmup", "1", "--images",
-                              "2", "-o", out / "bench", "--json"))
-    assert len(timings["models"]) == 2
+    bench = ["bench", dense_onnx, pruned_onnx, "--runs", "5", "--warmup", "1", "--images", "2", "-o", out / "bench"]
+    assert len(json.loads(_cli(capsys, *bench, "--json"))["models"]) == 2
+    assert _summary(_cli(capsys, *bench, "-q")).startswith("inference p50: dense ")
 
     assert "frames" in _summary(_cli(capsys, "bag", "from-dataset", data, "-o", out / "bag", "-q"))
     assert json.loads(_cli(capsys, "bag", "info", out / "bag", "--json"))
@@ -193,14 +194,14 @@ def test_every_command_runs_over_the_demo_outputs(tiny_demo, tmp_path, capsys):
     compared = json.loads(_cli(capsys, "compare", bag, "--models", dense_onnx, pruned_onnx, "--offline", "--json",
                                "-o", out / "compare"))
     assert len(compared) == 2
-    _summary(_cli(capsys, "fleet-eval", bag, out / "bag", "--models", pruned_onnx, "--workers", "0", "-o",
-                  out / "fleet", "-q"))
+    assert _summary(_cli(capsys, "fleet-eval", bag, out / "bag", "--models", pruned_onnx, "--workers", "0", "-o",
+                         out / "fleet", "-q")) == "2 evaluation(s) of 1 model(s) on 2 bag(s), 0 failed"
 
     # ROS: in their own processes, as a user runs them
     for args in (["replay", bag, "--model", pruned_onnx, "--max-rate", "-o", out / "replay"],
                  ["node", "--model", pruned_onnx, "--camera", "synthetic", "--camera-size", "320x192",
                   "--camera-count", "3", "--duration", "3", "-p", "providers=[cpu]"]):
         done = subprocess.run([sys.executable, "-m", "prune_perception.cli", *map(str, args), "-q"],
-                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
-        _summary(done.stdout)
+        assert re.search(r"8/8 frames answered|detector 0: received \d+", _summary(done.stdout)), done.stdout

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from prune_perception.cli.common import (add_command, add_json_option, add_scale_out_options, engine_options,
-                                         node_overrides, print_json, report_failures)
+                                         evaluation_line, node_overrides, print_json, report_failures)
 
 
 def _evaluate_on_bag(bag: str, model: str, args: argparse.Namespace):
@@ -52,6 +52,7 @@ def _cmd_replay(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
     if args.record and not args.offline:
         print(f"recorded outputs and /diagnostics to {args.record}")
+    print(evaluation_line(result))
 
 
 def add_replay_parser(sub) -> None:
@@ -77,6 +78,8 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print(markdown_table(*summary_table(results)))
     for path in paths:
         print(f"wrote {path}")
+    for result in results:
+        print(evaluation_line(result))
 
 
 def add_compare_parser(sub) -> None:
@@ -102,6 +105,8 @@ def _cmd_fleet_eval(args: argparse.Namespace) -> None:
     for path in write_fleet_report(result, Path(args.output)):
         print(f"wrote {path}")
     report_failures(result.failures, "fleet-eval")
+    print(f"{len(result.evaluations)} evaluation(s) of {len(args.models)} model(s) on {len(args.bags)} bag(s), "
+          f"{len(result.failures)} failed")
     if result.failures and not args.allow_failures:
         raise TaskFailures("bag evaluation", result.failures, len(args.bags) * len(args.models))
 

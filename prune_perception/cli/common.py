@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 GLOBAL_OPTIONS = argparse.ArgumentParser(add_help=False)
 """Options accepted before and after the sub-command (`prune-perception -q train` = `prune-perception train -q`);
@@ -66,3 +67,10 @@ def engine_options(args: argparse.Namespace) -> dict:
     params = {"providers": args.providers, **node_overrides(args.param)}
     return {k: v for k, v in params.items() if k in (
         "providers", "score_threshold", "nms_threshold", "max_detections", "model_format", "intra_op_threads")}
+
+
+def evaluation_line(result) -> str:
+    """One line of a BagEvaluation: model, bag, frames answered, mAP50, latency p50."""
+    accuracy = f"mAP50 {result.map.map50:.3f}" if result.map is not None else "no ground truth"
+    return (f"{Path(result.model).name} on {result.bag} ({result.mode}): {result.answered}/{result.frames} frames "
+            f"answered, {accuracy}, latency p50 {result.latency.p50:.2f} ms")

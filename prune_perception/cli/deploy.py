@@ -56,7 +56,10 @@ def add_export_parser(sub) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     from prune_perception.evaluation.bench import BenchSettings, bench_images, bench_markdown, run_bench, write_bench
 
-    settings = BenchSettings(tuple(args.providers), args.threads, args.runs, args.warmup, args.pin_cores)
+    given = {"providers": tuple(args.providers) if args.providers else None, "threads": args.threads,
+             "runs": args.runs, "warmup": args.warmup}   # what was not given: BenchSettings' defaults
+    settings = BenchSettings(**{name: value for name, value in given.items() if value is not None},
+                             pin_cores=args.pin_cores)
     images = bench_images(args.data, args.split, args.images)
     results, machine = run_bench([Path(m) for m in args.models], images, settings, progress=not args.quiet)
     paths = write_bench(results, machine, settings, Path(args.output))
@@ -66,16 +69,19 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     print(bench_markdown(results, machine, settings))
     for path in paths:
         print(f"wrote {path}")
+    p50s = [r.stages["inference"].p50 for r in results]
+    print("inference p50: " + ", ".join(f"{result.name} {p50:.2f} ms ({p50s[0] / p50:.2f}x)"
+                                        for result, p50 in zip(results, p50s)))
 
 
 def add_bench_parser(sub) -> None:
     bench = add_command(sub, "bench", help="latency of ONNX models side by side (per stage p50/p90/p99)")
     bench.add_argument("models", nargs="+", help="ONNX models; ratios are relative to the first")
     bench.add_argument("-o", "--output", default="runs/bench")
-    bench.add_argument("--providers", nargs="+", default=["cpu"], help="preference list: tensorrt cuda cpu")
-    bench.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
-    bench.add_argument("--runs", type=int, default=200)
-    bench.add_argument("--warmup", type=int, default=20)
+    bench.add_argument("--providers", nargs="+", help="preference list: tensorrt cuda cpu")
+    bench.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    bench.add_argument("--runs", type=int)
+    bench.add_argument("--warmup", type=int)
     bench.add_argument("--pin-cores", action="store_true", help="pin the process to the first THREADS cores")
     bench.add_argument("--data", help="dataset whose images are timed (default: synthetic 640x360 scenes)")
     bench.add_argument("--split", default="val")

@@ -90,13 +90,13 @@ def _cmd_sensitivity(args: argparse.Namespace) -> None:
         fan_out = DaskSensitivity(settings)
     dense, points = run_sensitivity(Path(args.checkpoint), args.data, output, args.ratios, args.method, args.layers,
                                     args.split, args.val_images, progress=not args.quiet, fan_out=fan_out)
+    for name in ("sensitivity.json", "sensitivity.md", "sensitivity.png"):
+        print(f"wrote {output / name}")
+    report_failures(getattr(fan_out, "failures", []), "sensitivity")
     if points:
         worst = min(points, key=lambda p: p.mAP50)
         print(f"dense val mAP50 {dense.mAP50:.3f}; {len(points)} evaluations; most sensitive: {worst.group} at "
               f"{worst.ratio:g} -> {worst.mAP50:.3f}")
-    for name in ("sensitivity.json", "sensitivity.md", "sensitivity.png"):
-        print(f"wrote {output / name}")
-    report_failures(getattr(fan_out, "failures", []), "sensitivity")
 
 
 def add_sensitivity_parser(sub) -> None:
