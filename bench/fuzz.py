@@ -1,6 +1,6 @@
-"""Fuzzing at benchmark size: the generators and checks of prune_perception/ros/fuzz_targets.py with large counts.
+"""Fuzzing at benchmark size: the generators and checks of bench/fuzz_targets.py with large counts.
 
-Targets (see prune_perception/ros/fuzz_targets.py for what each one generates and checks): node_image, node_cdr,
+Targets (see bench/fuzz_targets.py for what each one generates and checks): node_image, node_cdr,
 node_compressed, model_load, adapters, bag, replay_cli, params. Every case must end in a clear error
 (a PrunePerceptionError, a frame counted as failed with a reason, a parameter refused with a reason)
 or a correct result; a crash (any other exception, a property broken, a dead worker / node thread)
@@ -77,7 +77,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> dict:
 
 
 def run(args: argparse.Namespace, targets: list[str], assets: dict, tmp: Path, output: Path) -> list:
-    from prune_perception.ros import fuzz_targets as fz
+    import fuzz_targets as fz
 
     worker = fz.Worker(output / "worker.log")
     results = []
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace, targets: list[str], assets: dict, tmp: Path, o
 
 
 def markdown(results, settings: dict) -> str:
-    from prune_perception.ros import fuzz_targets as fz
+    import fuzz_targets as fz
 
     lines = ["# Fuzzing", "", f"{settings['count']} cases per target (replay_cli: {settings['replay_count']}), case "
              f"timeout {settings['case_timeout']} s, model {Path(settings['model']).name}. A crash is any exception "
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("ROS_LOG_DIR", str(output / "ros_log"))
-    from prune_perception.ros import fuzz_targets as fz
+    import fuzz_targets as fz
 
     fz.CASE_TIMEOUT_S = args.case_timeout
     targets = args.targets.split(",")

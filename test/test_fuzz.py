@@ -1,5 +1,5 @@
 """Property-based fuzzing (hypothesis) of everything that takes outside input: camera messages, model files, bags,
-parameters. The targets (strategies and checks) are in prune_perception/ros/fuzz_targets.py, which also says what
+parameters. The targets (strategies and checks) are in bench/fuzz_targets.py, which also says what
 each one generates; ``bench/fuzz.py`` runs the same targets with large counts. ``MAX_EXAMPLES`` (env
 ``PRUNE_FUZZ_EXAMPLES``) bounds the examples per target here.
 """
@@ -17,7 +17,7 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("vision_msgs.msg")
 pytest.importorskip("hypothesis")
 
-from prune_perception.ros.fuzz_targets import (  # noqa: E402  (after the skips: needs rclpy)
+from fuzz_targets import (  # noqa: E402  (after the skips: needs rclpy)
     HUGE, LiveNode, MAX_EXAMPLES, REPO, TALLIES, Tally, Worker, frame_outcome, adapter_strategy, bag_strategy,
     build_graph_model, cdr_strategy, check_adapter, check_bag, check_model, check_node_cdr, check_node_compressed,
     check_node_image, check_params, check_replay_cli, compressed_strategy, corrupt_bag, encoded_samples,

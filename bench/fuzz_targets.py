@@ -54,7 +54,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 MAX_EXAMPLES = int(os.environ.get("PRUNE_FUZZ_EXAMPLES", "50"))
 """Examples per target in the tests; bench/fuzz.py passes its own counts."""
 CASE_TIMEOUT_S = float(os.environ.get("PRUNE_FUZZ_CASE_TIMEOUT", "30"))
@@ -718,7 +718,7 @@ class Worker:
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
         env.setdefault("OMP_NUM_THREADS", "1")
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "prune_perception.ros.fuzz_targets", WORKER_FLAG], cwd=REPO,
+        self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), WORKER_FLAG], cwd=REPO,
                                         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                         start_new_session=True)
         self.starts += 1
