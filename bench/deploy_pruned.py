@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prune_perception.config import PruneConfig, load_config
 from prune_perception.errors import PrunePerceptionError
-from prune_perception.evaluation.bench import BenchSettings, bench_images, bench_markdown, run_bench, write_bench
+from prune_perception.evaluation.latency_bench import BenchSettings, bench_images, bench_markdown, run_bench, write_bench
 from prune_perception.evaluation.evaluate import evaluate_onnx
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.export.quantize import Int8Calibration

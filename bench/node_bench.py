@@ -407,7 +407,7 @@ def counts(diagnostics: dict[str, str]) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------- run ----
 def run(args: argparse.Namespace, parts: set[str], model: Path, profile: Path | None, output: Path,
         children: list[Child], model_source: str) -> dict:
-    from prune_perception.evaluation.bench import BenchSettings, machine_info
+    from prune_perception.evaluation.latency_bench import BenchSettings, machine_info
 
     node_core, bench_core = split_cores()
     machine = machine_info(BenchSettings(threads=1))

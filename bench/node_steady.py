@@ -70,7 +70,7 @@ def main() -> int:
     try:
         bag = Path(args.bag) if args.bag else None
         if bag is None:
-            from prune_perception.bags.writer import write_dataset_bag
+            from prune_perception.bags.dataset_bag import write_dataset_bag
 
             bag = output / "bag"
             if not bag.exists():

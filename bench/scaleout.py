@@ -122,7 +122,7 @@ def bench_sensitivity(args: argparse.Namespace, data: Path, checkpoint: Path, wo
 
     from prune_perception.pruning.sensitivity import run_sensitivity
     from prune_perception.scaleout.runner import FanOutSettings, local_cluster
-    from prune_perception.scaleout.sensitivity import DaskSensitivity
+    from prune_perception.scaleout.sensitivity_points import DaskSensitivity
 
     cores = len(os.sched_getaffinity(0))
     common = dict(ratios=tuple(args.ratios), method="l1", val_images=args.val_images, progress=False)

@@ -232,7 +232,7 @@ def rss_growth(samples: list[dict], warmup_s: float) -> dict:
 
 
 def run(args, model: Path, model_b: Path, output: Path, children: list[Child]) -> dict:
-    from prune_perception.evaluation.bench import BenchSettings, machine_info
+    from prune_perception.evaluation.latency_bench import BenchSettings, machine_info
     from prune_perception.runtime.latency_stats import LatencyStats
 
     node_core, bench_core = split_cores()

@@ -214,7 +214,7 @@ def _bag(data_dir: Path, bag_dir: Path, dataset_identity: dict, fps: float, prog
     if _marker_matches(done, key, [bag]):
         print(f"reusing {bag} (written earlier)")
         return bag
-    from prune_perception.bags.writer import write_dataset_bag
+    from prune_perception.bags.dataset_bag import write_dataset_bag
 
     done.unlink(missing_ok=True)
     if bag.exists():
@@ -294,14 +294,14 @@ def summary_lines(map50: tuple[float, float], macs: tuple[int, int], inference_m
 
 def bench_settings():
     """The demo's round-robin timing: the node's thread setting, BENCH_RUNS runs."""
-    from prune_perception.evaluation.bench import BenchSettings
+    from prune_perception.evaluation.latency_bench import BenchSettings
 
     return BenchSettings(threads=node_threads(), runs=BENCH_RUNS)
 
 
 def _bench(data_dir: Path, models: dict[str, Path], bench_dir: Path, progress: bool) -> dict:
     """Every model (float and INT8) timed round-robin through the runtime engine on val images, like the node."""
-    from prune_perception.evaluation.bench import bench_images, run_bench, write_bench
+    from prune_perception.evaluation.latency_bench import bench_images, run_bench, write_bench
 
     settings = bench_settings()
     results, machine = run_bench(list(models.values()), bench_images(str(data_dir), "val", 50), settings, progress)

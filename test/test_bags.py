@@ -14,11 +14,11 @@ import yaml
 from rosbags.rosbag2 import Reader
 
 from prune_perception.bags import (COMPRESSED_TOPIC, GT_TOPIC, IMAGE_TOPIC, BagWriter, bag_info, bag_to_dataset,
-                                   decode_rgb, detections_from_msg, detections_to_msg, open_bag, typestore,
+                                   decode_rgb, detections_from_bag_msg, detections_to_bag_msg, open_bag, typestore,
                                    write_dataset_bag)
 from prune_perception.bags.messages import header_msg, image_msg
 from prune_perception.bags.typestore import DETECTION2D_ARRAY, IMAGE, serialize
-from prune_perception.bags.writer import DEFAULT_START_STAMP_NS, frame_stamp_ns
+from prune_perception.bags.dataset_bag import DEFAULT_START_STAMP_NS, frame_stamp_ns
 from prune_perception.data.dataset import load_dataset, read_image_rgb
 from prune_perception.errors import BagError, DatasetError, InputImageError
 
@@ -118,15 +118,15 @@ def test_raw_encodings(tiny_synth, source, tmp_path, encoding):
 
 def test_detections_msg_round_trip():
     boxes = np.array([[1.5, 2.0, 30.25, 40.0], [0, 0, 5, 5]], np.float32)
-    msg = detections_to_msg(DEFAULT_START_STAMP_NS + 7, "cam", boxes, ["car", "truck"], [0.9, 0.4])
-    back = detections_from_msg(typestore().deserialize_cdr(serialize(msg), DETECTION2D_ARRAY))
+    msg = detections_to_bag_msg(DEFAULT_START_STAMP_NS + 7, "cam", boxes, ["car", "truck"], [0.9, 0.4])
+    back = detections_from_bag_msg(typestore().deserialize_cdr(serialize(msg), DETECTION2D_ARRAY))
     np.testing.assert_allclose(back.boxes, boxes)
     assert back.class_names == ["car", "truck"]
     np.testing.assert_allclose(back.scores, [0.9, 0.4])
-    empty = detections_from_msg(detections_to_msg(0, "cam", np.zeros((0, 4)), []))
+    empty = detections_from_bag_msg(detections_to_bag_msg(0, "cam", np.zeros((0, 4)), []))
     assert len(empty) == 0 and empty.boxes.shape == (0, 4)
     with pytest.raises(BagError, match="same length"):
-        detections_to_msg(0, "cam", boxes, ["car"])
+        detections_to_bag_msg(0, "cam", boxes, ["car"])
 
 
 def test_bag_info(bags):
@@ -210,7 +210,7 @@ def test_metadata_qos_mismatch_recovered(tmp_path, storage, version):
             stamp = DEFAULT_START_STAMP_NS + i * 100_000_000
             writer.write_message(IMAGE_TOPIC, image_msg(np.full((4, 6, 3), i, np.uint8), "rgb8",
                                                         header_msg(stamp, "camera")), stamp)
-            writer.write_message(GT_TOPIC, detections_to_msg(stamp, "camera", [[0, 0, 2, 2]], ["car"]), stamp)
+            writer.write_message(GT_TOPIC, detections_to_bag_msg(stamp, "camera", [[0, 0, 2, 2]], ["car"]), stamp)
     edit_metadata(path, lambda info: _change_qos(info, IMAGE_TOPIC))
     with Reader(path) as plain:  # the trap: plain rosbags silently yields nothing for that topic
         assert Counter(c.topic for c, _, _ in plain.messages()) == {GT_TOPIC: 5}
@@ -380,7 +380,7 @@ def test_broken_messages_are_frames_not_reader_errors(tmp_path):
         writer.write_message(IMAGE_TOPIC, bad, 200)
         writer.write(IMAGE_TOPIC, IMAGE, b"\x00\x01\x00\x00garbage", 300)  # not even CDR of an Image
         for stamp in (100, 200, 300):
-            writer.write_message(GT_TOPIC, detections_to_msg(stamp, "cam", [[0, 0, 2, 2]], ["car"]), stamp)
+            writer.write_message(GT_TOPIC, detections_to_bag_msg(stamp, "cam", [[0, 0, 2, 2]], ["car"]), stamp)
     with open_bag(path) as bag:
         frames = list(bag.frames())
     assert [f.stamp_ns for f in frames] == [100, 200, 300]
@@ -426,7 +426,7 @@ def test_type_hash_mismatch(tmp_path):
                              stamp)
         msgdef, _ = typestore().generate_msgdef(DETECTION2D_ARRAY, ros_version=2)
         writer.add_topic(GT_TOPIC, DETECTION2D_ARRAY, msgdef=msgdef, type_hash="RIHS01_" + "0" * 64)
-        writer.write_message(GT_TOPIC, detections_to_msg(stamp, "c", [[0, 0, 1, 1]], ["car"]), stamp)
+        writer.write_message(GT_TOPIC, detections_to_bag_msg(stamp, "c", [[0, 0, 1, 1]], ["car"]), stamp)
     assert open_bag(path).gt_topic is None
     with pytest.raises(BagError, match="definition .* differs from the one this package reads"):
         open_bag(other)
@@ -470,7 +470,7 @@ def test_rosbags_bag_read_by_rclpy(bags, source):
         assert image.header.stamp == truth.header.stamp and image.encoding == "rgb8"
         pixels = np.frombuffer(bytes(image.data), np.uint8).reshape(image.height, image.width, 3)
         np.testing.assert_array_equal(pixels, read_image_rgb(sample.image_path))
-        got = detections_from_msg(truth)  # works on rclpy messages too
+        got = detections_from_bag_msg(truth)  # works on rclpy messages too
         np.testing.assert_allclose(got.boxes, sample.boxes, atol=1e-4)
         assert got.class_names == [source.classes[label] for label in sample.labels]
 

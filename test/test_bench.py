@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prune_perception.cli import main as cli_main
-from prune_perception.evaluation.bench import BenchSettings, bench_images, run_bench, write_bench
+from prune_perception.evaluation.latency_bench import BenchSettings, bench_images, run_bench, write_bench
 from prune_perception.runtime.latency_stats import LatencyStats
 from prune_perception.evaluation.onnx_cost import onnx_graph_cost
 from prune_perception.export.onnx_export import export_onnx

@@ -23,7 +23,7 @@ from std_msgs.msg import Header  # noqa: E402
 from vision_msgs.msg import Detection2DArray  # noqa: E402
 
 from prune_perception.export.onnx_export import export_onnx  # noqa: E402
-from prune_perception.bags.detections import detections_from_msg  # noqa: E402
+from prune_perception.bags.detections import detections_from_bag_msg  # noqa: E402
 from prune_perception.ros.messages import compressed_to_msg, image_to_msg  # noqa: E402
 from prune_perception.runtime.engine import DetectorEngine  # noqa: E402
 from prune_perception.runtime.image_msg import convert_color  # noqa: E402
@@ -69,7 +69,7 @@ def second_model(tiny_onnx_model, tmp_path_factory) -> Path:
 
 
 def assert_same_detections(out: Detection2DArray, expected, class_names) -> None:
-    got = detections_from_msg(out).to_detections(class_names)
+    got = detections_from_bag_msg(out).to_detections(class_names)
     assert len(got) == len(expected)
     np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-3)
     np.testing.assert_allclose(got.scores, expected.scores, atol=1e-6)

@@ -15,13 +15,13 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("vision_msgs.msg")
 
-from prune_perception.bags.bag_writer import BagWriter  # noqa: E402
-from prune_perception.bags.detections import detections_to_msg  # noqa: E402
+from prune_perception.bags.serialized_writer import BagWriter  # noqa: E402
+from prune_perception.bags.detections import detections_to_bag_msg  # noqa: E402
 from prune_perception.bags.info import bag_info  # noqa: E402
 from prune_perception.bags.messages import header_msg, image_msg  # noqa: E402
 from prune_perception.bags.reader import open_bag  # noqa: E402
 from prune_perception.bags.topics import GT_TOPIC, IMAGE_TOPIC  # noqa: E402
-from prune_perception.bags.writer import write_dataset_bag  # noqa: E402
+from prune_perception.bags.dataset_bag import write_dataset_bag  # noqa: E402
 from prune_perception.evaluation.bag_eval import evaluate_bag_offline, summarize  # noqa: E402
 from prune_perception.runtime.engine import DetectorEngine  # noqa: E402
 from prune_perception.ros.replay import RECORDED_DETECTIONS_TOPIC, ReplaySettings, replay_bag  # noqa: E402
@@ -123,7 +123,7 @@ def _broken_bag(tiny_synth, path: Path) -> Path:
         for frame in frames:
             writer.write(IMAGE_TOPIC, "sensor_msgs/msg/Image", frame.data, frame.log_time_ns)
         for stamp, log, boxes in source.iter_ground_truth():
-            writer.write_message(GT_TOPIC, detections_to_msg(stamp, "camera", boxes.boxes, boxes.class_names), log)
+            writer.write_message(GT_TOPIC, detections_to_bag_msg(stamp, "camera", boxes.boxes, boxes.class_names), log)
         for i, problem in enumerate(("step", "truncated")):
             stamp = frames[i].stamp_ns + 1
             msg = image_msg(np.zeros((48, 64, 3), np.uint8), "rgb8", header_msg(stamp, "camera"))

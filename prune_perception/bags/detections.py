@@ -46,7 +46,7 @@ def _pose_with_covariance() -> Any:
     return message_class("geometry_msgs/msg/PoseWithCovariance")(pose=pose, covariance=np.zeros(36, np.float64))
 
 
-def detections_to_msg(stamp_ns: int, frame_id: str, boxes: np.ndarray, class_names: Sequence[str],
+def detections_to_bag_msg(stamp_ns: int, frame_id: str, boxes: np.ndarray, class_names: Sequence[str],
                       scores: Sequence[float] | np.ndarray | None = None) -> Any:
     """Detection2DArray (rosbags) of ``boxes`` (``[M,4]`` xyxy) named ``class_names``; scores default 1.0."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -70,7 +70,7 @@ def detections_to_msg(stamp_ns: int, frame_id: str, boxes: np.ndarray, class_nam
     return message_class(DETECTION2D_ARRAY)(header=header, detections=detections)
 
 
-def detections_from_msg(msg: Any) -> LabelledBoxes:
+def detections_from_bag_msg(msg: Any) -> LabelledBoxes:
     """Boxes, class names and scores of a Detection2DArray (rosbags or rclpy message).
 
     A detection without any hypothesis gets class name ``""`` and score 0.

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from prune_perception.bags.detections import LabelledBoxes, detections_from_msg
+from prune_perception.bags.detections import LabelledBoxes, detections_from_bag_msg
 from prune_perception.bags.images import decode_image
 from prune_perception.bags.messages import stamp_ns
 from prune_perception.bags.raw_bag import RawBag, TopicMeta, first_line
@@ -106,7 +106,7 @@ class EvalBag:
             except Exception as exc:
                 raise BagError(f"{self.path}: ground-truth message {index} on {self.gt_topic} at {log_time} ns "
                                f"cannot be deserialized ({type(exc).__name__}: {first_line(exc)})") from None
-            yield stamp_ns(msg.header), log_time, detections_from_msg(msg)
+            yield stamp_ns(msg.header), log_time, detections_from_bag_msg(msg)
 
     def ground_truth(self) -> dict[int, LabelledBoxes]:
         """Ground truth by header stamp; BagError if two messages share a stamp."""

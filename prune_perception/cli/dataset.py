@@ -34,7 +34,7 @@ def add_synth_parser(sub) -> None:
 
 
 def _cmd_bag_from_dataset(args: argparse.Namespace) -> None:
-    from prune_perception.bags.writer import write_dataset_bag
+    from prune_perception.bags.dataset_bag import write_dataset_bag
 
     summary = write_dataset_bag(args.dataset, args.split, Path(args.output), fps=args.fps, transport=args.transport,
                                 storage=args.storage, encoding=args.encoding, progress=not args.quiet)

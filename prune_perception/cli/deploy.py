@@ -54,7 +54,7 @@ def add_export_parser(sub) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from prune_perception.evaluation.bench import BenchSettings, bench_images, bench_markdown, run_bench, write_bench
+    from prune_perception.evaluation.latency_bench import BenchSettings, bench_images, bench_markdown, run_bench, write_bench
 
     given = {"providers": tuple(args.providers) if args.providers else None, "threads": args.threads,
              "runs": args.runs, "warmup": args.warmup}   # what was not given: BenchSettings' defaults

@@ -85,7 +85,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> None:
     output = Path(args.output)
     settings, fan_out = _fan_out_settings(args), None
     if settings is not None:
-        from prune_perception.scaleout.sensitivity import DaskSensitivity
+        from prune_perception.scaleout.sensitivity_points import DaskSensitivity
 
         fan_out = DaskSensitivity(settings)
     dense, points = run_sensitivity(Path(args.checkpoint), args.data, output, args.ratios, args.method, args.layers,

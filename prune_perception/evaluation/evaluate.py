@@ -10,7 +10,7 @@ from tqdm import tqdm
 from prune_perception.data.dataset import DetectionDataset, load_dataset, read_image_rgb
 from prune_perception.evaluation.coco_map import MapResult, evaluate_detections
 from prune_perception.evaluation.report import map_markdown
-from prune_perception.models.inference import (EVAL_MAX_DETECTIONS, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD,
+from prune_perception.models.torch_eval import (EVAL_MAX_DETECTIONS, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD,
                                                LetterboxedImages, evaluate_model)
 from prune_perception.runtime.postprocess import Detections
 

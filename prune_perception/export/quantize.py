@@ -34,7 +34,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 from prune_perception.data.dataset import DetectionDataset, load_dataset
 from prune_perception.errors import ConfigError, ExportError
-from prune_perception.models.inference import LetterboxedImages
+from prune_perception.models.torch_eval import LetterboxedImages
 
 
 @dataclass(frozen=True)

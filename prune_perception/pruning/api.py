@@ -5,7 +5,7 @@ behave alike:
 
 - `ratio` (run.py): remove `prune.ratio` of the channels (or weights), one-shot / iterative / elastic;
 - `budget` (budget.py, when `prune.budget` is set): the largest ratio whose fine-tuned mAP50 drop stays
-  within the budget; `fan_out` evaluates its candidates on Dask (scaleout/budget.py);
+  within the budget; `fan_out` evaluates its candidates on Dask (scaleout/budget_candidates.py);
 - `latency` (latency_budget.py, when `prune.latency_ms` is set, with `prune.budget` or without): the
   fastest network that meets a measured latency target.
 
@@ -73,7 +73,7 @@ def prune(config: PruneConfig, progress: bool = True, fan_out: FanOutSettings | 
     if mode == "budget":
         candidates_on = None
         if fan_out is not None:
-            from prune_perception.scaleout.budget import DaskBudgetCandidates   # Dask only when fanning out
+            from prune_perception.scaleout.budget_candidates import DaskBudgetCandidates   # Dask only when fanning out
 
             candidates_on = DaskBudgetCandidates(fan_out)
         return run_on_ranks(config, lambda: run_budget_pruning(config, progress, candidates_on))

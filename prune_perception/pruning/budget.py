@@ -125,7 +125,7 @@ def run_budget_pruning(config: PruneConfig, progress: bool = True, fan_out: Call
 
     The result's `candidates` are BudgetCandidate rows, `chosen_ratio` None when the dense model was kept.
     `fan_out(config, dense_checkpoint, ratios) -> {ratio: (model, final PruneStep, seconds)}` evaluates the
-    candidates of a `steps` search elsewhere, all at once (scaleout/budget.py: DaskBudgetCandidates); the
+    candidates of a `steps` search elsewhere, all at once (scaleout/budget_candidates.py: DaskBudgetCandidates); the
     search then runs over those results. Validation is `pruning.api.validate_prune_config`'s.
     """
     settings = config.prune

@@ -13,7 +13,7 @@ from prune_perception.evaluation.coco_map import MapResult
 from prune_perception.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from prune_perception.models.cost import ModelCost, model_cost
 from prune_perception.models.detector import Detector
-from prune_perception.models.inference import LetterboxedImages, evaluate_model
+from prune_perception.models.torch_eval import LetterboxedImages, evaluate_model
 from prune_perception.pruning.history import PruneStep, dense_step
 from prune_perception.runtime.model_metadata import file_sha256
 

@@ -51,7 +51,7 @@ from prune_perception.export.onnx_export import export_onnx
 from prune_perception.models.checkpoint import load_checkpoint
 from prune_perception.models.cost import model_cost
 from prune_perception.models.detector import Detector, model_widths
-from prune_perception.models.inference import LetterboxedImages, evaluate_model
+from prune_perception.models.torch_eval import LetterboxedImages, evaluate_model
 from prune_perception.pruning.channel_masks import ChannelGroups, restore, snapshot, zero_selection
 from prune_perception.pruning.importance import make_importance
 from prune_perception.pruning.dense import save_pruned, start_run

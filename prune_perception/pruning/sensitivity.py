@@ -3,7 +3,7 @@
 Layers whose channels are coupled by the dependency graph (a stage's down conv and its residual
 blocks' cv2) are one group, pruned together and named by their layers joined with "+".
 `sensitivity_point` is one (group, ratio) evaluation with plain arguments, so it can be fanned out
-(`run_sensitivity(..., fan_out=...)`, e.g. on Dask: prune_perception/scaleout/sensitivity.py).
+(`run_sensitivity(..., fan_out=...)`, e.g. on Dask: prune_perception/scaleout/sensitivity_points.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from prune_perception.errors import ConfigError
 from prune_perception.models.checkpoint import load_checkpoint
 from prune_perception.models.cost import model_cost
 from prune_perception.models.detector import Detector
-from prune_perception.models.inference import LetterboxedImages, evaluate_model
+from prune_perception.models.torch_eval import LetterboxedImages, evaluate_model
 from prune_perception.pruning.importance import make_importance
 from prune_perception.evaluation.plots import pyplot, save_figure
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner, prunable_groups
@@ -87,7 +87,7 @@ def run_sensitivity(checkpoint_path: Path, data: str, output: Path, ratios: Sequ
     """Every (group, ratio) point; writes sensitivity.json, .md and .png to `output`. Returns (dense, points).
 
     `fan_out(model, input_hw, jobs, method, images, val_set)` evaluates the (group, ratio) jobs elsewhere
-    (scaleout.sensitivity.DaskSensitivity) and returns their points in job order; its `failures`, if any,
+    (scaleout.sensitivity_points.DaskSensitivity) and returns their points in job order; its `failures`, if any,
     are listed in sensitivity.json.
     """
     if method not in SENSITIVITY_METHODS:

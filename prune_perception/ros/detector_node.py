@@ -45,7 +45,7 @@ from vision_msgs.msg import Detection2DArray, LabelInfo, VisionClass
 from prune_perception.errors import ConfigError
 from prune_perception.node_params import DETECTOR_PARAMS, PARAMS_BY_NAME, ParamSpec, validate_params
 from prune_perception.ros.entry import start_node
-from prune_perception.ros.messages import detections_to_msg, image_to_msg
+from prune_perception.ros.messages import detections_to_ros_msg, image_to_msg
 from prune_perception.runtime.detector_core import RELOAD_PARAMS, DetectorCore, FrameResult
 from prune_perception.runtime.health import ERROR, LEVEL_NAMES, OK
 from prune_perception.runtime.model_metadata import ModelInfo
@@ -203,7 +203,7 @@ class DetectorRos:
             core.put_frame(msg)
 
     def _publish_result(self, result: FrameResult) -> None:
-        self._detections_pub.publish(detections_to_msg(result.msg.header, result.detections, result.info.classes))
+        self._detections_pub.publish(detections_to_ros_msg(result.msg.header, result.detections, result.info.classes))
         debug_pub = self._debug_pub
         if debug_pub is not None and debug_pub.get_subscription_count() > 0:   # drawing costs: only when watched
             self.debug_images_drawn += 1

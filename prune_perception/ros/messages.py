@@ -19,7 +19,7 @@ def byte_array(data: bytes) -> array.array:
     return array.array("B", data)
 
 
-def detections_to_msg(header: Header, detections: Detections, class_names: Sequence[str]) -> Detection2DArray:
+def detections_to_ros_msg(header: Header, detections: Detections, class_names: Sequence[str]) -> Detection2DArray:
     """Detection2DArray with ``header`` (copied from the image); bbox centre/size in original pixels,
     hypothesis class_id = class name, score = confidence."""
     out = Detection2DArray(header=header)

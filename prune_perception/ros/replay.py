@@ -35,8 +35,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from tqdm import tqdm
 from vision_msgs.msg import Detection2DArray
 
-from prune_perception.bags.bag_writer import BagWriter
-from prune_perception.bags.detections import detections_from_msg
+from prune_perception.bags.serialized_writer import BagWriter
+from prune_perception.bags.detections import detections_from_bag_msg
 from prune_perception.bags.reader import open_bag
 from prune_perception.errors import BagError, ConfigError, ModelLoadError
 from prune_perception.evaluation.bag_eval import BagEvaluation, FrameRecord, bag_classes, summarize
@@ -194,7 +194,7 @@ def replay_bag(bag_path: str | Path, model: str | Path, settings: ReplaySettings
             spinner.join(5)
             if record is not None:
                 record.close()
-        answers = {frame.stamp_ns: detections_from_msg(player.outputs[frame.stamp_ns][0]) for frame in frames
+        answers = {frame.stamp_ns: detections_from_bag_msg(player.outputs[frame.stamp_ns][0]) for frame in frames
                    if frame.error is None and frame.stamp_ns in player.outputs}
         classes = bag_classes(bag, sorted({name for boxes in answers.values() for name in boxes.class_names}))
         for frame in frames:

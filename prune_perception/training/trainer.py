@@ -36,7 +36,7 @@ from prune_perception.evaluation.coco_map import MapResult
 from prune_perception.models.arch import default_arch
 from prune_perception.models.checkpoint import load_checkpoint, save_checkpoint
 from prune_perception.models.detector import Detector
-from prune_perception.models.inference import LetterboxedImages, evaluate_model
+from prune_perception.models.torch_eval import LetterboxedImages, evaluate_model
 from prune_perception.training import distributed
 from prune_perception.training.distillation import Distiller
 from prune_perception.training.ema import ModelEMA

@@ -33,7 +33,7 @@ def _candidate_task(ratio: float, shared: dict[str, Any]) -> tuple[dict, dict, P
     import torch
 
     from prune_perception.data.dataset import load_dataset
-    from prune_perception.models.inference import LetterboxedImages, evaluate_model
+    from prune_perception.models.torch_eval import LetterboxedImages, evaluate_model
     from prune_perception.pruning.schedules import prune_model, prune_spec
 
     torch.set_num_threads(1)   # one core per worker (threads_per_worker=1)

@@ -15,7 +15,7 @@ from typing import Any
 
 from prune_perception.data.dataset import DetectionDataset
 from prune_perception.models.detector import Detector, model_widths
-from prune_perception.models.inference import LetterboxedImages
+from prune_perception.models.torch_eval import LetterboxedImages
 from prune_perception.pruning.sensitivity import SensitivityPoint, group_name, sensitivity_point
 from prune_perception.scaleout.runner import FanOutSettings, TaskFailure, TaskFailures, map_tasks
 

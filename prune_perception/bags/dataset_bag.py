@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from prune_perception.bags.bag_writer import STORAGES, BagWriter
-from prune_perception.bags.detections import detections_to_msg
+from prune_perception.bags.serialized_writer import STORAGES, BagWriter
+from prune_perception.bags.detections import detections_to_bag_msg
 from prune_perception.bags.messages import NS_PER_S, compressed_image_msg, header_msg, image_msg
 from prune_perception.bags.topics import CLASSES_KEY, COMPRESSED_TOPIC, FRAME_ID, GT_TOPIC, IMAGE_TOPIC
 from prune_perception.data.dataset import Sample, load_dataset, read_image_rgb
@@ -93,7 +93,7 @@ def _write_frame(writer: BagWriter, sample: Sample, classes: list[str], stamp: i
         data = _jpeg_bytes(sample, rgb, jpeg_quality)
         writer.write_message(COMPRESSED_TOPIC, compressed_image_msg(data, COMPRESSED_FORMAT, header), stamp)
     names = [classes[label] for label in sample.labels.tolist()]
-    writer.write_message(GT_TOPIC, detections_to_msg(stamp, FRAME_ID, sample.boxes, names), stamp)
+    writer.write_message(GT_TOPIC, detections_to_bag_msg(stamp, FRAME_ID, sample.boxes, names), stamp)
 
 
 def write_dataset_bag(dataset_path: str | Path, split: str, output: str | Path, fps: float = 10.0,
