@@ -4,8 +4,9 @@ Three heads on one backbone (strides 8/16/32, input 64x96 -> 126 anchor points):
 
 - ``yolox``: one output ``[N, A, 5+C]``: raw grid offsets / log sizes, sigmoided objectness and classes;
 - ``yolov8``: one output ``[N, 4+C, A]``: centre/size in input pixels, sigmoided classes;
+- ``native``: ``boxes [N, A, 4]`` xyxy pixels + ``scores [N, A, C]`` (with :func:`native_metadata`);
 - ``unknown``: two outputs no adapter knows: a ``[N, 6, H/8, W/8]`` map and a ``[N, 16]`` embedding
-  (global pooling + linear);
+  (global pooling of the coarser levels + linear);
 - ``shuffle``: the yolox head on a backbone with a channel split and a ShuffleNet channel shuffle.
 
 :func:`build_detector` calibrates BatchNorm on rendered road scenes and the prediction convs get larger
@@ -28,9 +29,9 @@ from torch import nn
 INPUT_HW = (64, 96)
 NUM_CLASSES = 3
 PREDICTION_GAIN = 3.0
-PREDICTION_BIAS = {"yolox": -1.0, "yolov8": -2.0, "unknown": 0.0}
+PREDICTION_BIAS = {"yolox": -1.0, "yolov8": -2.0, "native": -2.0, "unknown": 0.0}
 WEAK_FRACTION = 0.375
-PIXEL_SCALE = {"yolox": 1.0, "yolov8": 1 / 255, "unknown": 1 / 255}
+PIXEL_SCALE = {"yolox": 1.0, "yolov8": 1 / 255, "native": 1 / 255, "unknown": 1 / 255}
 """What the runtime feeds each layout: YOLOX raw 0..255 pixels, the others / 255 (an unknown layout: RGB / 255)."""
 
 
@@ -78,7 +79,7 @@ class TestDetector(nn.Module):
         self.backbone = Backbone(shuffle)
         self.stems = nn.ModuleList(conv(ch, 32, kernel=1) for ch in (32, 48, 64))
         self.towers = nn.ModuleList(conv(32, 32) for _ in range(3))
-        outputs = {"yolox": 5 + NUM_CLASSES, "yolov8": 4 + NUM_CLASSES, "unknown": 6}[layout]
+        outputs = {"yolox": 5 + NUM_CLASSES, "yolov8": 4 + NUM_CLASSES, "native": 4 + NUM_CLASSES, "unknown": 6}[layout]
         self.preds = nn.ModuleList(nn.Conv2d(32, outputs, 1) for _ in range(3))
         for pred in self.preds:
             pred.weight.data *= PREDICTION_GAIN
@@ -89,7 +90,7 @@ class TestDetector(nn.Module):
     def forward(self, x):
         levels = [tower(stem(f)) for f, stem, tower in zip(self.backbone(x), self.stems, self.towers)]
         if self.layout == "unknown":
-            return self.preds[0](levels[0]), self.embed(levels[2].mean((2, 3)))
+            return self.preds[0](levels[0]), self.embed(torch.cat([f.mean((2, 3)) for f in levels[1:]], 1))
         maps = [pred(f) for f, pred in zip(levels, self.preds)]
         flat = torch.cat([m.flatten(2) for m in maps], dim=2)           # [N, ch, A]
         if self.layout == "yolox":   # grid offsets in 0..1 and log sizes 0.5..2.5 strides: boxes on the image
@@ -97,10 +98,23 @@ class TestDetector(nn.Module):
             return torch.cat([boxes, flat[:, 4:].sigmoid()], 1).permute(0, 2, 1)
         height, width = x.shape[-2:]
         scale = torch.tensor([width, height, width / 3, height / 3], dtype=x.dtype).view(1, 4, 1)
-        return torch.cat([flat[:, :4].sigmoid() * scale, flat[:, 4:].sigmoid()], 1)
+        predictions = torch.cat([flat[:, :4].sigmoid() * scale, flat[:, 4:].sigmoid()], 1)
+        if self.layout == "yolov8":
+            return predictions
+        centers, sizes = predictions[:, :2], predictions[:, 2:4]   # native: boxes xyxy [N,K,4], scores [N,K,C]
+        boxes = torch.cat([centers - sizes / 2, centers + sizes / 2], 1)
+        return boxes.permute(0, 2, 1), predictions[:, 4:].permute(0, 2, 1)
 
 
-OUTPUT_NAMES = {"yolox": ["output"], "yolov8": ["output0"], "unknown": ["heatmap", "embedding"]}
+OUTPUT_NAMES = {"yolox": ["output"], "yolov8": ["output0"], "native": ["boxes", "scores"],
+                "unknown": ["heatmap", "embedding"]}
+
+
+def native_metadata() -> dict[str, str]:
+    """Our own metadata_props (DESIGN §5) for the ``native`` test model."""
+    from prune_perception.export.metadata import build_metadata
+
+    return build_metadata([f"thing{i}" for i in range(NUM_CLASSES)], INPUT_HW, {"method": "none"}, "0" * 64)
 
 
 def calibrate_batchnorm(model: nn.Module, pixel_scale: float, count: int = 16, seed: int = 1) -> nn.Module:
@@ -143,7 +157,7 @@ def export_detector(model: nn.Module, path: Path, output_names: list[str], dynam
     """Legacy torch.onnx.export at opset 17 (as YOLOX's export_onnx.py / Ultralytics do), BatchNorm folded."""
     model.eval()
     axes = {0: "batch"} if dynamic_batch else {}
-    input_axes = dict(axes, **({2: "height", 3: "width"} if dynamic_hw else {}))
+    input_axes = {**axes, **({2: "height", 3: "width"} if dynamic_hw else {})}
     dynamic = {"images": input_axes, **{name: axes for name in output_names}} if input_axes else None
     buffer = io.BytesIO()
     with warnings.catch_warnings():

@@ -86,8 +86,8 @@ def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: Agree
             value.backward()
             optimizer.step()
             scheduler.step()
-            total += float(value)
-            bar.set_postfix(loss=f"{float(value):.4f}")
+            total += value.item()
+            bar.set_postfix(loss=f"{total / (index + 1):.4f}")
         record = {"epoch": epoch, "loss": total / batches_per_epoch}
         if epoch % optim.eval_interval == 0 or epoch == optim.epochs:
             agreement = scorer.score(student)

@@ -30,15 +30,14 @@ def output_layers(graph: tp.DependencyGraph) -> list[nn.Module]:
     for module, node in graph.module2node.items():
         if not _mixes_channels(module):
             continue
-        pending, seen = list(node.outputs), set()
+        pending, seen = [node], {id(node)}
         while pending:
             current = pending.pop()
-            if id(current) in seen:
-                continue
-            seen.add(id(current))
             if current.type == tp.ops.OPTYPE.OUTPUT or not current.outputs:
                 found.append(module)
                 break
-            if not _mixes_channels(current.module):
-                pending.extend(current.outputs)
+            for successor in current.outputs:
+                if id(successor) not in seen and not _mixes_channels(successor.module):
+                    seen.add(id(successor))
+                    pending.append(successor)
     return found
