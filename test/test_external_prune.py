@@ -36,12 +36,12 @@ from prune_perception.runtime.engine import DetectorEngine
 from prune_perception.runtime.preprocess import Normalization, PreprocessSpec
 
 pytestmark = pytest.mark.slow
-TINY_TUNE = OptimConfig(epochs=1, batch_size=8, lr=0.01, patience=5)
+TINY_TUNE = OptimConfig(epochs=1, batch_size=8, lr=0.001, patience=5)
 
 
 @pytest.fixture(scope="module")
 def frames_dir(tmp_path_factory):
-    return write_frames(tmp_path_factory.mktemp("frames"), 20)
+    return write_frames(tmp_path_factory.mktemp("frames"), 40)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_round_trip_is_a_smaller_drop_in(layout, models, frames_dir, tmp_path):
         assert {k: after[k] for k in before} == before
     assert record["parent"]["sha256"] == _sha(original_path)
     assert (record["ratio"], record["macs"], record["params"]) == (0.3, steps[-1].macs, steps[-1].params)
-    assert record["frames"]["train_frames"] + record["frames"]["holdout_frames"] == 20
+    assert record["frames"]["train_frames"] + record["frames"]["holdout_frames"] == 40
 
     images = np.random.default_rng(0).random((2, 3, *INPUT_HW), dtype=np.float32)
     dense_out = ort.InferenceSession(str(original_path)).run(None, {"images": images})
@@ -138,7 +138,7 @@ def test_distillation_loss_falls_and_agreement_rises(models, frames_dir):
     """A tiny run (yolox layout, default loss): after pruning, fine-tuning raises agreement with the dense model."""
     config = _config(models["yolox"], frames_dir, "unused")
     imported, layout, frames = load_external(config)
-    tune = OptimConfig(epochs=4, batch_size=4, lr=0.01, patience=10, eval_interval=1)
+    tune = OptimConfig(epochs=3, batch_size=8, lr=0.001, patience=10, eval_interval=1)
     _, result = prune_module(imported.module, imported.example_input(), layout, frames, config.prune, tune,
                              progress=False)
     pruned = result.steps[-1]
@@ -185,15 +185,15 @@ def test_in_memory_module_with_raw_layout_and_user_loss(frames_dir):
 # --------------------------------------------------------------------------- bad input
 
 
-def _custom_op_model(tmp_path):
+def _custom_op_model(tmp_path, op="FancyDecode", domain="com.vendor"):
     weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], np.ones(12, np.float32))
     graph = helper.make_graph(
         [helper.make_node("Conv", ["images", "w"], ["c"], name="conv0"),
-         helper.make_node("FancyDecode", ["c"], ["out"], name="decode_head", domain="com.vendor")],
+         helper.make_node(op, ["c", "c"][:1 if domain else 2], ["out"], name="decode_head", domain=domain)],
         "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 32, 32])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.vendor", 1)])
-    path = tmp_path / "custom.onnx"
+    path = tmp_path / f"{op}.onnx"
     onnx.save(model, str(path))
     return path
 
@@ -201,6 +201,23 @@ def _custom_op_model(tmp_path):
 def test_unsupported_op_is_named_with_its_node(tmp_path):
     with pytest.raises(ModelLoadError, match=r"com\.vendor::FancyDecode \(nodes decode_head\)"):
         import_onnx(_custom_op_model(tmp_path))
+
+
+def test_torchvision_stand_in(tmp_path):
+    """onnx2torch imports torchvision, which does not import beside our CPU torch: a stand-in takes its place,
+    and the two ops that need the real one are refused up front, by name."""
+    from prune_perception.external.torchvision_stub import ensure_torchvision_importable, torchvision_is_stub
+
+    if not ensure_torchvision_importable():
+        pytest.skip("a working torchvision is installed here")
+    assert torchvision_is_stub()
+    import onnx2torch  # noqa: F401  (imports torchvision at import time)
+    from torchvision.ops import roi_align
+
+    with pytest.raises(ModelLoadError, match="ONNX op RoiAlign needs torchvision"):
+        roi_align(torch.zeros(1), torch.zeros(1), 1)
+    with pytest.raises(ModelLoadError, match=r"NonMaxSuppression \(nodes decode_head\)"):
+        import_onnx(_custom_op_model(tmp_path, "NonMaxSuppression", ""))
 
 
 def test_nothing_prunable(tmp_path):
@@ -245,8 +262,8 @@ def test_video_bag_and_folder_sources_with_stride(tmp_path, frames_dir, tiny_syn
     spec = PreprocessSpec(INPUT_HW, "BGR", Normalization(1.0), centered=False)
     frames = load_frames([frames_dir, video, bag], spec, frame_stride=2)
     kinds = {s.kind: s.frames for s in frames.sources}
-    assert kinds == {"images": 10, "video": 10, "bag": 5}
-    assert len(frames.train) + len(frames.holdout) == 25 and len(frames.holdout) == 2 + 2 + 1
+    assert kinds == {"images": 20, "video": 20, "bag": 5}
+    assert len(frames.train) + len(frames.holdout) == 45 and len(frames.holdout) == 4 + 4 + 1
     assert frames.train.shape[1:] == (3, *INPUT_HW) and float(frames.train.float().max()) > 1.0   # raw 0..255 BGR
 
 

@@ -22,6 +22,7 @@ import torch_pruning as tp
 from torch import nn
 
 from prune_perception.errors import ConfigError, ModelLoadError
+from prune_perception.external.layout import as_output_list
 from prune_perception.external.output_layers import CHANNEL_MIXING, output_layers
 from prune_perception.pruning.structured import PruneSpec
 
@@ -41,12 +42,7 @@ class PrunePlan:
 
 def _outputs_of(model: nn.Module, example_input: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
-        outputs = model(example_input)
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    if isinstance(outputs, dict):
-        return list(outputs.values())
-    return list(outputs)
+        return as_output_list(model(example_input))
 
 
 def _reorders_channels(node) -> bool:

@@ -37,6 +37,8 @@ from prune_perception.training.loss import EPS, LossWeights, giou
 
 TERMS = ("output", "pseudo", "feature", "raw")
 DECODED_TERMS = ("output", "pseudo")
+AUTO_TERMS = ("raw",)
+"""What ``auto`` means, for every layout: the best on the tiny runs measured (docs/external-models.md)."""
 BOX_MIN_TEACHER_SCORE = 0.3
 PROBABILITY_EPS = 1e-6
 
@@ -45,9 +47,9 @@ UserLoss = Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], torc
 
 
 def parse_terms(text: str, decodable: bool) -> tuple[str, ...]:
-    """``'auto'`` or ``'output+feature'`` -> the terms; ConfigError for unknown or undecodable ones."""
+    """``'auto'`` (:data:`AUTO_TERMS`) or ``'output+feature'`` -> the terms; ConfigError for unknown or undecodable ones."""
     if text == "auto":
-        return ("output", "pseudo") if decodable else ("raw",)
+        return AUTO_TERMS
     terms = tuple(term.strip() for term in text.split("+"))
     unknown = [term for term in terms if term not in TERMS]
     if unknown or not terms:
