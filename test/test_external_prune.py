@@ -226,6 +226,8 @@ def test_nothing_prunable(tmp_path):
     imported = import_onnx(path)
     with pytest.raises(ModelLoadError, match="nothing to prune"):
         GraphPruner(imported.module, imported.example_input(), make_importance("l1"), PruneSpec(0.3))
+    with pytest.raises(ConfigError, match="bn_scale needs BatchNorm layers"):
+        GraphPruner(imported.module, imported.example_input(), make_importance("bn_scale"), PruneSpec(0.3))
 
 
 def test_dynamic_hw_needs_input_size(tmp_path):

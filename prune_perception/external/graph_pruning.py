@@ -91,6 +91,10 @@ class GraphPruner:
         if spec.layer_ratios:
             raise ConfigError("layer_ratios name arch-spec layers of our own detector; imported models take "
                               "keep_layers instead")
+        if isinstance(importance, tp.importance.BNScaleImportance) and not any(
+                isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules()):
+            raise ConfigError("importance bn_scale needs BatchNorm layers, and this model has none (ONNX exports fold "
+                              "them into the convs): use l1, l2, taylor or random")
         self.model, self.spec, self.example_input = model, spec, example_input
         self.output_shapes = [tuple(t.shape) for t in _outputs_of(model, example_input)]
         self._check_on_copy(importance, keep_layers)
