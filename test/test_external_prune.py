@@ -290,3 +290,28 @@ def test_cli_options_and_yaml_load_one_schema(tmp_path):
     assert config.prune.round_to == 8
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(ExternalPruneConfig, None, ["external.images_dir=x"])
+
+
+def test_labeled_map_is_reported_when_a_labeled_set_is_given(models, frames_dir, tmp_path):
+    """Labels = the dense engine's own detections on a few frames (boxes under 1 px are dropped by the loader, so the
+    dense model's labeled mAP50 is high but not 1): the run reports the engine's labeled mAP of both models."""
+    from prune_perception.evaluation.evaluate import evaluate_onnx
+
+    engine = DetectorEngine(models["yolov8"], warmup_runs=0)
+    images, annotations = [], []
+    for index, path in enumerate(sorted(frames_dir.glob("*.png"))[:6]):
+        detections, _ = engine.detect(cv2.imread(str(path), cv2.IMREAD_COLOR_RGB))
+        images.append({"id": index + 1, "file_name": str(path), "width": 144, "height": 96})
+        for box, label in zip(detections.boxes.tolist(), detections.labels.tolist()):
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": label + 1,
+                                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "iscrowd": 0,
+                                "area": (box[2] - box[0]) * (box[3] - box[1])})
+    assert annotations
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [
+        {"id": i + 1, "name": name} for i, name in enumerate(engine.info.classes)]}))
+    config = _config(models["yolov8"], frames_dir, tmp_path / "run")
+    config.external.labeled_data = str(labels)
+    _, steps = prune_external(config, progress=False)
+    assert steps[0].labeled_mAP50 == evaluate_onnx(models["yolov8"], str(labels))[0].map50 > 0.5
+    assert steps[-1].labeled_mAP50 == evaluate_onnx(tmp_path / "run" / "pruned.onnx", str(labels))[0].map50

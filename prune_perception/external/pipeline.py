@@ -210,6 +210,7 @@ def prune_external(config: ExternalPruneConfig, progress: bool = True) -> tuple[
             dense_labeled, pruned_labeled)
     (output / "history.json").write_text(json.dumps({
         "config": to_dict(config), "score": "agreement", "output_format": layout.output_format,
+        "layout_note": layout.note,
         "protected": result.plan.protected, "skipped_groups": result.plan.skipped_groups,
         "frames": frames.describe(), "steps": [asdict(step) for step in result.steps],
         "seconds": round(time.monotonic() - started, 1)}, indent=2))
