@@ -153,6 +153,46 @@ class PruneConfig:
     output: str = "runs/prune"
 
 
+@dataclass
+class ExternalModelSettings:
+    """A detector brought as an ONNX file and the unlabeled frames it is fine-tuned on (prune_perception/external/)."""
+
+    model: str = ""                    # the ONNX detector to prune
+    model_format: str = "auto"         # auto | native | yolox | yolov8 | raw (outputs matched element-wise)
+    input_size: list[int] | None = None           # [H, W]; required when the model's H/W are dynamic
+    input_color_order: str | None = None          # RGB | BGR: override the format's default
+    input_scale: float | None = None              # pixel scale before mean/std, e.g. 1/255 or 1.0
+    keep_layers: list[str] = field(default_factory=list)   # module names never pruned (besides output layers)
+    images: list[str] = field(default_factory=list)        # image folders, video files, rosbag2 bags
+    frame_stride: int = 1              # keep every N-th frame of each source
+    max_frames: int = 1000             # frames read in all (split evenly over the sources)
+    holdout_fraction: float = 0.2      # last share of each source's frames, held out to score agreement
+    labeled_data: str | None = None    # optional COCO/YOLO set: its labeled mAP is reported as well
+    labeled_split: str = "val"
+
+
+@dataclass
+class LabelFreeDistillSettings:
+    """The distillation loss of label-free fine-tuning (prune_perception/external/label_free_loss.py)."""
+
+    loss: str = "auto"                 # auto, or '+'-joined terms: output, pseudo, feature, raw
+    pseudo_threshold: float = 0.35     # teacher class probability that makes a cell a pseudo-label positive
+    taylor_input_noise: float = 0.05   # taylor importance: the student sees frames + this much noise (x input range)
+
+
+def _external_prune_defaults() -> PruneSettings:
+    return PruneSettings(round_to=8)
+
+
+@dataclass
+class ExternalPruneConfig:
+    external: ExternalModelSettings = field(default_factory=ExternalModelSettings)
+    prune: PruneSettings = field(default_factory=_external_prune_defaults)
+    finetune: OptimConfig = field(default_factory=_finetune_defaults)   # epochs 0 = no fine-tuning
+    distill: LabelFreeDistillSettings = field(default_factory=LabelFreeDistillSettings)
+    output: str = "runs/prune_external"
+
+
 def _check_value(value: Any, annotation: Any, where: str) -> Any:
     """Validate (and minimally coerce int -> float) a YAML value against a type annotation."""
     origin = typing.get_origin(annotation)

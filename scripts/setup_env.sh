@@ -24,6 +24,10 @@ TORCH_PIN="torch==2.13.0"
 COLCON_PIN="colcon-common-extensions==0.3.0"
 PY_DEPS=(torch-pruning==1.6.1 numpy opencv-python-headless onnx onnxslim rosbags faster-coco-eval
          tqdm matplotlib PyYAML 'pytest<9' hypothesis jsonschema setuptools wheel dask distributed)
+# onnx2torch names torchvision as a dependency; the registry's torchvision needs CUDA torch (DESIGN §9), so it is
+# installed without dependencies (its others are in PY_DEPS) and prune_perception/external/torchvision_stub.py
+# stands in for the torchvision import it does not use on detector graphs.
+NO_DEPS_PY=(onnx2torch==1.5.15)
 ROS_WHEELS=(ros-rclpy ros-rmw-fastrtps-cpp ros-std-msgs ros-sensor-msgs ros-diagnostic-msgs
             ros-builtin-interfaces ros-geometry-msgs ros-lifecycle-msgs osrf-pycommon packaging)
 ROSIDL_BUILD_WHEELS=(ros-ament-package ros-ament-cmake ros-ament-cmake-ros-core
@@ -131,7 +135,7 @@ if not ok("torch"):
     missing.append("torch")
 if not ok("torch_pruning", "numpy", "cv2", "onnx", "onnxslim", "rosbags", "faster_coco_eval",
           "tqdm", "matplotlib", "yaml", "pytest", "hypothesis", "jsonschema", "setuptools", "wheel",
-          "dask", "distributed"):
+          "dask", "distributed") or not have("onnx2torch"):
     missing.append("pydeps")
 else:
     import numpy, pytest
@@ -182,6 +186,7 @@ if need pydeps; then
   # torch is pinned in the same resolve so nothing can upgrade it to a CUDA build.
   TORCH_NOW="$("$VPY" -c 'import importlib.metadata as m; print(m.version("torch").split("+")[0])')"
   "${PIP[@]}" -q "${PY_DEPS[@]}" "torch==$TORCH_NOW"
+  "${PIP[@]}" -q --no-deps "${NO_DEPS_PY[@]}"
   DONE+=("python deps")
 fi
 

@@ -108,7 +108,7 @@ class YoloxAdapter(OutputAdapter):
     def __init__(self, input_hw, output_names, layout):
         super().__init__(input_hw, output_names, layout)
         self.decoded = bool(layout.get("decoded", False))
-        self._cells, self._strides = _grid(self.input_hw)
+        self._cells, self._strides = anchor_grid(self.input_hw)
 
     @classmethod
     def check_layout(cls, output_names, output_shapes, input_hw):
@@ -201,7 +201,7 @@ def expected_anchors(input_hw: tuple[int, int]) -> int:
     return sum(math.ceil(height / s) * math.ceil(width / s) for s in GRID_STRIDES)
 
 
-def _grid(input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def anchor_grid(input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(integer cell positions [A,2] as x, y; stride [A,1]) of all grid levels, finest first, row-major."""
     height, width = input_hw
     cells, strides = [], []

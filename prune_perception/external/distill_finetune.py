@@ -1,0 +1,111 @@
+"""Label-free fine-tuning of a pruned student by distillation from its dense teacher on unlabeled frames.
+
+AdamW with per-tensor learning rates relative to each tensor's scale (:func:`relative_lr_groups`) and a
+cosine LR (down to ``lr * min_lr_ratio``), random horizontal flips (the teacher sees
+the same flipped frame, so its outputs stay the target), agreement on the held-out frames after
+every ``eval_interval`` epochs, early stop after ``patience`` evaluations without gain, and the best
+weights restored at the end. ``time_limit_min`` stops between epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from prune_perception.config import OptimConfig
+from prune_perception.errors import ConfigError
+from prune_perception.external.agreement import Agreement, AgreementScorer
+from prune_perception.external.label_free_loss import DistillationLoss
+
+MIN_RMS = 1e-4
+"""Floor of a tensor's RMS in :func:`relative_lr_groups` (a zero-initialised bias still moves)."""
+
+@dataclass
+class FinetuneResult:
+    """Per-evaluation records and the best agreement reached (its weights are in the student)."""
+
+    best: Agreement
+    epochs: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def relative_lr_groups(parameters, lr: float) -> list[dict]:
+    """One AdamW group per tensor with ``lr x RMS(tensor)``: steps relative to each tensor's scale.
+
+    Exported graphs fold BatchNorm into the convs, so weight scales differ by orders of magnitude
+    between layers (a first conv on 0..255 pixels has weights ~1e-3); AdamW's steps are ~lr in
+    absolute size whatever the scale, so one lr either destroys small tensors or never moves large ones.
+    """
+    groups = []
+    for parameter in parameters:
+        if parameter.requires_grad:
+            rms = float(parameter.detach().pow(2).mean().sqrt())
+            groups.append({"params": [parameter], "lr": lr * max(rms, MIN_RMS)})
+    return groups
+
+
+def _flip_half(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    images = images.clone()
+    images[flip] = images[flip].flip(-1)
+    return images
+
+
+def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: AgreementScorer, optim: OptimConfig,
+                     progress: bool = True, dense: Agreement | None = None) -> FinetuneResult:
+    """Fine-tune ``loss.student`` in place on ``frames`` (float16/32 ``[N,3,H,W]``); returns the history."""
+    if optim.epochs < 1 or optim.batch_size < 1 or optim.lr <= 0:
+        raise ConfigError(f"fine-tuning needs epochs >= 1, batch_size >= 1 and lr > 0, got {optim.epochs}, "
+                          f"{optim.batch_size}, {optim.lr}")
+    student = loss.student
+    generator = torch.Generator().manual_seed(optim.seed)
+    optimizer = torch.optim.AdamW(relative_lr_groups(loss.student_parameters(), optim.lr),
+                                  weight_decay=optim.weight_decay)
+    batches_per_epoch = math.ceil(len(frames) / optim.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=optim.epochs * batches_per_epoch,
+                                                           eta_min=optim.lr * optim.min_lr_ratio)
+    best = scorer.score(student)
+    result = FinetuneResult(best, [dict(epoch=0, loss=None, **best.as_dict())])
+    best_state, waited, started = copy.deepcopy(student.state_dict()), 0, time.monotonic()
+    for epoch in range(1, optim.epochs + 1):
+        student.train()
+        order = torch.randperm(len(frames), generator=generator)
+        total = 0.0
+        bar = tqdm(range(batches_per_epoch), desc=f"distill {epoch}/{optim.epochs}", unit="batch",
+                   disable=not progress, leave=False)
+        for index in bar:
+            images = _flip_half(frames[order[index * optim.batch_size:(index + 1) * optim.batch_size]].float(),
+                                generator)
+            value, _ = loss(images)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            scheduler.step()
+            total += value.item()
+            bar.set_postfix(loss=f"{total / (index + 1):.4f}")
+        record = {"epoch": epoch, "loss": total / batches_per_epoch}
+        if epoch % optim.eval_interval == 0 or epoch == optim.epochs:
+            agreement = scorer.score(student)
+            record.update(agreement.as_dict())
+            if agreement.score() > best.score():
+                best, best_state, waited = agreement, copy.deepcopy(student.state_dict()), 0
+            else:
+                waited += 1
+            if progress:
+                tqdm.write(f"distill epoch {epoch}: loss {record['loss']:.4f}, agreement "
+                           + (f"mAP50 {agreement.mAP50:.3f}" if agreement.mAP50 is not None else
+                              f"raw error {agreement.raw_error:.4f}"))
+        result.epochs.append(record)
+        over_time = optim.time_limit_min is not None and time.monotonic() - started > optim.time_limit_min * 60
+        if waited >= optim.patience or over_time:
+            result.stopped_early = epoch < optim.epochs
+            break
+    student.load_state_dict(best_state)
+    student.eval()
+    result.best = best
+    return result

@@ -1,0 +1,146 @@
+"""Structured pruning of any traceable ``nn.Module`` (a converted ONNX graph or a user's own model).
+
+torch-pruning's dependency graph groups coupled layers; this module decides what it may touch:
+
+- the layers whose channels reach a model output are protected (:mod:`.output_layers`), plus the
+  layers the user names (``keep_layers``, module names as ``named_modules()`` gives them);
+- groups whose channels pass a reshape or a permute between layers (channel shuffle, a
+  ``[N, g, C/g, H, W]`` view) are left alone: torch-pruning cannot map channel indices through them
+  and would produce a graph whose shapes no longer fit; they are listed in ``skipped_groups``;
+- before the model itself is touched, a copy is pruned to the final ratio and run once: a graph
+  torch-pruning still cannot handle is refused with a :class:`ModelLoadError`, never a broken model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from prune_perception.errors import ConfigError, ModelLoadError
+from prune_perception.external.layout import as_output_list
+from prune_perception.external.output_layers import CHANNEL_MIXING, output_layers
+from prune_perception.pruning.structured import PruneSpec
+
+CHANNEL_REORDERING_GRAD_FNS = ("PermuteBackward0", "TransposeBackward0")
+
+
+@dataclass
+class PrunePlan:
+    """What a GraphPruner will and will not prune (module names)."""
+
+    protected: list[str]
+    """Output layers (found in the graph) and user-kept layers: their channels are never removed."""
+    skipped_groups: list[list[str]] = field(default_factory=list)
+    """Coupled groups left unpruned because their channels pass a reshape/permute (channel shuffle)."""
+    prunable_groups: int = 0
+
+
+def _outputs_of(model: nn.Module, example_input: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return as_output_list(model(example_input))
+
+
+def _reorders_channels(node) -> bool:
+    if node.type == tp.ops.OPTYPE.RESHAPE:
+        return True
+    return node.type == tp.ops.OPTYPE.ELEMENTWISE and type(node.grad_fn).__name__ in CHANNEL_REORDERING_GRAD_FNS
+
+
+def _group_layers(graph: tp.DependencyGraph, group) -> list[nn.Module]:
+    return [dep.target.module for dep, _ in group
+            if graph.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, CHANNEL_MIXING)]
+
+
+def plan_pruning(graph: tp.DependencyGraph, model: nn.Module,
+                 keep_layers: Sequence[str] = ()) -> tuple[PrunePlan, list[nn.Module]]:
+    """(plan, modules to pass as torch-pruning's ignored_layers); ConfigError for unknown ``keep_layers``."""
+    names = {module: name for name, module in model.named_modules()}
+    by_name = {name: module for module, name in names.items()}
+    unknown = [name for name in keep_layers if name not in by_name]
+    if unknown:
+        examples = [name for name, module in by_name.items() if isinstance(module, CHANNEL_MIXING)][:5]
+        raise ConfigError(f"keep_layers: no module named {', '.join(map(repr, unknown))} in the model "
+                          f"(module names look like {', '.join(map(repr, examples))})")
+    ignored = output_layers(graph) + [by_name[name] for name in keep_layers]
+    plan = PrunePlan(protected=sorted({names[module] for module in ignored}))
+    for group in list(graph.get_all_groups(ignored_layers=ignored, root_module_types=CHANNEL_MIXING)):
+        layers = _group_layers(graph, group)
+        if any(_reorders_channels(dep.target) for dep, _ in group):
+            plan.skipped_groups.append(sorted(names[module] for module in layers))
+            ignored.extend(layers)
+        else:
+            plan.prunable_groups += 1
+    if plan.prunable_groups == 0:
+        raise ModelLoadError(
+            "nothing to prune: every conv/linear layer feeds a model output, is kept, or passes a channel "
+            f"shuffle (protected: {len(plan.protected)}, shuffle groups skipped: {len(plan.skipped_groups)})")
+    return plan, ignored
+
+
+class GraphPruner:
+    """torch-pruning's MetaPruner on a generic model with the protections above; call step() ``iterative_steps`` times."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, importance: tp.importance.Importance,
+                 spec: PruneSpec, keep_layers: Sequence[str] = ()):
+        spec.validate()
+        if spec.layer_ratios:
+            raise ConfigError("layer_ratios name arch-spec layers of our own detector; imported models take "
+                              "keep_layers instead")
+        if isinstance(importance, tp.importance.BNScaleImportance) and not any(
+                isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules()):
+            raise ConfigError("importance bn_scale needs BatchNorm layers, and this model has none (ONNX exports fold "
+                              "them into the convs): use l1, l2, taylor or random")
+        self.model, self.spec, self.example_input = model, spec, example_input
+        self.output_shapes = [tuple(t.shape) for t in _outputs_of(model, example_input)]
+        self._check_on_copy(importance, keep_layers)
+        self.pruner = self._meta_pruner(model, importance, keep_layers)
+        self.steps_done = 0
+
+    def _meta_pruner(self, model: nn.Module, importance, keep_layers) -> tp.pruner.MetaPruner:
+        try:
+            graph = tp.DependencyGraph().build_dependency(model, self.example_input)
+        except Exception as exc:  # torch-pruning raises plain errors for graphs it cannot trace
+            raise ModelLoadError(f"torch-pruning cannot trace the model: {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        plan, ignored = plan_pruning(graph, model, keep_layers)
+        if model is self.model:
+            self.plan = plan
+        return tp.pruner.MetaPruner(
+            model, self.example_input, importance=importance, global_pruning=self.spec.global_pruning,
+            pruning_ratio=self.spec.ratio, max_pruning_ratio=self.spec.max_layer_ratio,
+            iterative_steps=self.spec.iterative_steps, ignored_layers=ignored, round_to=self.spec.round_to)
+
+    def _check_on_copy(self, importance, keep_layers) -> None:
+        """Prune a copy all the way and run it: ModelLoadError when the pruned graph does not run or changes outputs."""
+        trial = copy.deepcopy(self.model)
+        pruner = self._meta_pruner(trial, importance, keep_layers)
+        try:
+            for _ in range(self.spec.iterative_steps):
+                _step_without_gradients(pruner, importance)
+            shapes = [tuple(t.shape) for t in _outputs_of(trial, self.example_input)]
+        except Exception as exc:
+            raise ModelLoadError(f"pruning this graph breaks it ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}); name the layers around the "
+                                 "failing op in keep_layers") from None
+        if shapes != self.output_shapes:
+            raise ModelLoadError(f"pruning would change the output shapes {self.output_shapes} -> {shapes}; name the "
+                                 "layers feeding the outputs in keep_layers")
+
+    def step(self) -> None:
+        """Remove the next share of channels (torch-pruning reads .grad for Taylor importance)."""
+        if self.steps_done >= self.spec.iterative_steps:
+            raise RuntimeError("all pruning steps are done")
+        self.pruner.step()
+        self.steps_done += 1
+
+
+def _step_without_gradients(pruner: tp.pruner.MetaPruner, importance) -> None:
+    """One pruner step on the trial copy; gradient-based importance is swapped for magnitude (the copy has no .grad)."""
+    if isinstance(importance, tp.importance.GroupTaylorImportance):
+        pruner.importance = tp.importance.GroupMagnitudeImportance(p=1)
+    pruner.step()

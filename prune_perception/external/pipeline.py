@@ -1,0 +1,237 @@
+"""Prune a detector you already have: ONNX in, smaller drop-in ONNX out, fine-tuned without labels.
+
+:func:`prune_external` runs the whole path for an :class:`ExternalPruneConfig`: import the ONNX file
+(onnx2torch), read its layout and pre-processing as the runtime engine does, read unlabeled frames,
+prune structurally (one-shot or iterative, output layers protected), fine-tune each step by
+distillation from the dense model, score agreement on held-out frames, export ``pruned.onnx`` with
+the original's IO signature and metadata, and write ``history.json`` and ``summary.md``.
+
+:func:`prune_module` is the same core for an in-memory ``nn.Module`` (a user's own PyTorch detector).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from prune_perception.config import (ExternalPruneConfig, LabelFreeDistillSettings, OptimConfig, PruneSettings,
+                                     to_dict)
+from prune_perception.errors import ConfigError
+from prune_perception.external.agreement import Agreement, AgreementScorer
+from prune_perception.external.distill_finetune import FinetuneResult, distill_finetune
+from prune_perception.external.frames import UnlabeledFrames, load_frames
+from prune_perception.external.graph_pruning import GraphPruner, PrunePlan
+from prune_perception.external.label_free_loss import DistillationLoss, UserLoss, parse_terms
+from prune_perception.external.layout import DetectorLayout, resolve_layout
+from prune_perception.external.onnx_import import ImportedOnnx, import_onnx
+from prune_perception.external.onnx_writer import export_pruned
+from prune_perception.models.cost import model_cost
+from prune_perception.pruning.importance import accumulate_gradients, make_importance
+from prune_perception.pruning.run import prune_spec, resolve_schedule
+from prune_perception.runtime.model_metadata import ModelOverrides
+
+
+@dataclass
+class ExternalPruneStep:
+    """One history row, PruneStep's fields (pruning/run.py) with agreement as the score when there are no labels.
+
+    ``mAP50*`` are agreement mAP (pruned model vs dense model on held-out frames; None for raw
+    layouts, where ``raw_error`` is the score); ``labeled_*`` are filled on the dense row and the
+    final row when a labeled set is configured.
+    """
+
+    step: int
+    ratio: float
+    params: int
+    macs: int
+    mAP50_pruned: float | None
+    mAP50_95_pruned: float | None
+    mAP50: float | None
+    mAP50_95: float | None
+    seconds: float
+    raw_error_pruned: float = 0.0
+    raw_error: float = 0.0
+    labeled_mAP50: float | None = None
+    labeled_mAP50_95: float | None = None
+    finetune: list[dict] | None = None
+
+
+@dataclass
+class ModulePruneResult:
+    """What :func:`prune_module` did: the plan, one row per step."""
+
+    plan: PrunePlan
+    steps: list[ExternalPruneStep]
+
+
+def check_supported(settings: PruneSettings) -> str:
+    """The schedule for an imported model (oneshot / iterative); ConfigError for what this path does not do."""
+    if settings.granularity != "channel":
+        raise ConfigError(f"imported models are pruned structurally (granularity channel), got {settings.granularity!r}")
+    schedule = resolve_schedule(settings)
+    if schedule == "elastic":
+        raise ConfigError("the elastic schedule is not available for imported models; use oneshot or iterative")
+    if settings.budget is not None or settings.latency_ms is not None:
+        raise ConfigError("prune_external runs one ratio; the budget and latency searches call it per candidate")
+    return schedule
+
+
+def _taylor_gradients(loss: DistillationLoss, frames: torch.Tensor, settings: PruneSettings,
+                      distill: LabelFreeDistillSettings, batch_size: int) -> None:
+    """Gradients of the distillation loss for Taylor importance, the student seeing noisy frames.
+
+    At the dense point the student equals the teacher and a distillation loss has zero gradient;
+    the noise makes the gradient measure how much each channel matters to the teacher's outputs.
+    """
+    generator = torch.Generator().manual_seed(0)
+    batches = [frames[i:i + batch_size].float() for i in range(0, len(frames), batch_size)]
+
+    def loss_of_batch(images: torch.Tensor) -> torch.Tensor:
+        spread = float(images.amax() - images.amin()) or 1.0
+        noisy = images + torch.randn(images.shape, generator=generator) * distill.taylor_input_noise * spread
+        return loss(images, noisy)[0]
+
+    accumulate_gradients(loss.student, batches, loss_of_batch, settings.taylor_batches)
+
+
+def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: DetectorLayout,
+                 frames: UnlabeledFrames, settings: PruneSettings, finetune: OptimConfig,
+                 distill: LabelFreeDistillSettings = LabelFreeDistillSettings(), keep_layers: Sequence[str] = (),
+                 user_loss: UserLoss | None = None, progress: bool = True) -> tuple[torch.nn.Module, ModulePruneResult]:
+    """Prune a copy of ``model`` (the teacher stays dense) and fine-tune it by distillation; (student, result).
+
+    ``layout`` says how to read the outputs (:func:`resolve_layout` for ONNX files; build a
+    :class:`DetectorLayout` with ``output_format='raw'`` for anything else); ``user_loss`` adds the
+    user's own term to the distillation loss.
+    """
+    check_supported(settings)
+    terms = parse_terms(distill.loss, layout.decodable)
+    teacher = model.eval()
+    student = copy.deepcopy(teacher)
+    input_hw = tuple(example_input.shape[-2:])
+    spec = prune_spec(settings)
+    pruner = GraphPruner(student, example_input, make_importance(settings.method), spec, keep_layers)
+    scorer = AgreementScorer(teacher, frames.holdout, layout, finetune.batch_size)
+    dense_cost, dense_score = model_cost(teacher, input_hw), scorer.score(teacher)
+    rows = [_row(0, 0.0, dense_cost, dense_score, dense_score, 0.0)]
+    for step in tqdm(range(1, spec.iterative_steps + 1), desc="prune", unit="step", disable=not progress):
+        started = time.monotonic()
+        if settings.method == "taylor":
+            gradient_loss = DistillationLoss(teacher, student, layout, [t for t in terms if t != "feature"] or ["raw"],
+                                             pseudo_threshold=distill.pseudo_threshold)
+            _taylor_gradients(gradient_loss, frames.train, settings, distill, finetune.batch_size)
+        pruner.step()
+        student.zero_grad(set_to_none=True)
+        cost, pruned_score = model_cost(student, input_hw), scorer.score(student)
+        tuned: FinetuneResult | None = None
+        if finetune.epochs > 0:
+            loss = DistillationLoss(teacher, student, layout, terms, pruner.plan.protected, distill.pseudo_threshold,
+                                    example_input, user_loss)
+            tuned = distill_finetune(loss, frames.train, scorer, finetune, progress)
+        rows.append(_row(step, round(spec.ratio * step / spec.iterative_steps, 6), cost, pruned_score,
+                         tuned.best if tuned else pruned_score, time.monotonic() - started,
+                         tuned.epochs if tuned else None))
+        if progress:
+            tqdm.write(f"step {step}: params {cost.params:,} MACs {cost.macs / 1e6:.1f}M, agreement "
+                       f"{_describe(pruned_score)} after pruning, {_describe(rows[-1])} after fine-tuning")
+    return student, ModulePruneResult(pruner.plan, rows)
+
+
+def _describe(score: Agreement | ExternalPruneStep) -> str:
+    if score.mAP50 is not None:
+        return f"mAP50 {score.mAP50:.3f}"
+    return f"raw error {score.raw_error:.4f}"
+
+
+def _row(step: int, ratio: float, cost, pruned: Agreement, tuned: Agreement, seconds: float,
+         finetune: list[dict] | None = None) -> ExternalPruneStep:
+    return ExternalPruneStep(step, ratio, cost.params, cost.macs, pruned.mAP50, pruned.mAP50_95, tuned.mAP50,
+                             tuned.mAP50_95, round(seconds, 2), pruned.raw_error, tuned.raw_error, finetune=finetune)
+
+
+def _labeled_map(model_path: Path, config: ExternalPruneConfig, layout: DetectorLayout) -> tuple[float, float] | None:
+    """(mAP50, mAP50-95) of an ONNX file on the labeled set through the runtime engine; None without one."""
+    ext = config.external
+    if ext.labeled_data is None:
+        return None
+    if not layout.decodable:
+        raise ConfigError("labeled mAP needs a known output layout (native, yolox, yolov8); this model's is raw")
+    from prune_perception.evaluation.evaluate import evaluate_onnx
+
+    result, _ = evaluate_onnx(model_path, ext.labeled_data, ext.labeled_split, model_format=layout.output_format,
+                              input_size=ext.input_size, input_color_order=ext.input_color_order,
+                              input_scale=ext.input_scale)
+    return result.map50, result.map50_95
+
+
+def load_external(config: ExternalPruneConfig) -> tuple[ImportedOnnx, DetectorLayout, UnlabeledFrames]:
+    """Import the model, read its layout and its unlabeled frames (every bad input is a one-line error)."""
+    ext = config.external
+    if not ext.model:
+        raise ConfigError("no model given: set external.model (--model det.onnx)")
+    imported = import_onnx(ext.model, ext.input_size)
+    overrides = ModelOverrides(input_color_order=ext.input_color_order, input_scale=ext.input_scale)
+    layout = resolve_layout(imported.path, imported.input_hw, ext.model_format, overrides)
+    frames = load_frames(ext.images, layout.preprocess, ext.frame_stride, ext.max_frames, ext.holdout_fraction)
+    return imported, layout, frames
+
+
+def prune_external(config: ExternalPruneConfig, progress: bool = True) -> tuple[Path, list[ExternalPruneStep]]:
+    """Prune ``config.external.model`` as configured; writes pruned.onnx, history.json and summary.md."""
+    started = time.monotonic()
+    schedule = check_supported(config.prune)
+    parse_terms(config.distill.loss, True)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    imported, layout, frames = load_external(config)
+    if progress and layout.note:
+        tqdm.write(f"prune: {layout.note}")
+    dense_labeled = _labeled_map(imported.path, config, layout)
+    student, result = prune_module(imported.module, imported.example_input(), layout, frames, config.prune,
+                                   config.finetune, config.distill, config.external.keep_layers, progress=progress)
+    dense, final = result.steps[0], result.steps[-1]
+    record = {"method": config.prune.method, "ratio": config.prune.ratio, "schedule": schedule,
+              "scope": "global" if config.prune.global_pruning else "local", "round_to": config.prune.round_to,
+              "params": final.params, "macs": final.macs, "dense_params": dense.params, "dense_macs": dense.macs,
+              "parent": {"path": str(imported.path), "sha256": imported.sha256}, "output_format": layout.output_format,
+              "distillation": config.distill.loss, "frames": frames.describe(),
+              "agreement_mAP50": final.mAP50, "raw_error": final.raw_error}
+    pruned_path, _ = export_pruned(student, imported, output / "pruned.onnx", record)
+    pruned_labeled = _labeled_map(pruned_path, config, layout)
+    if dense_labeled and pruned_labeled:
+        (dense.labeled_mAP50, dense.labeled_mAP50_95), (final.labeled_mAP50, final.labeled_mAP50_95) = (
+            dense_labeled, pruned_labeled)
+    (output / "history.json").write_text(json.dumps({
+        "config": to_dict(config), "score": "agreement", "output_format": layout.output_format,
+        "layout_note": layout.note,
+        "protected": result.plan.protected, "skipped_groups": result.plan.skipped_groups,
+        "frames": frames.describe(), "steps": [asdict(step) for step in result.steps],
+        "seconds": round(time.monotonic() - started, 1)}, indent=2))
+    (output / "summary.md").write_text(external_markdown(result.steps, config, layout))
+    return pruned_path, result.steps
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def external_markdown(steps: list[ExternalPruneStep], config: ExternalPruneConfig, layout: DetectorLayout) -> str:
+    """The history as a Markdown table (agreement = pruned vs dense detections on held-out frames)."""
+    dense = steps[0]
+    lines = [f"# Pruning {Path(config.external.model).name} ({layout.output_format} layout, {config.prune.method}, "
+             f"label-free: {config.distill.loss})", "",
+             "| step | ratio | params | MACs (M) | MACs cut | agreement mAP50 pruned | agreement mAP50 fine-tuned "
+             "| agreement mAP50-95 | raw error | labeled mAP50 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in steps:
+        lines.append(f"| {s.step} | {s.ratio:.2f} | {s.params:,} | {s.macs / 1e6:.1f} | {1 - s.macs / dense.macs:.1%} "
+                     f"| {_cell(s.mAP50_pruned)} | {_cell(s.mAP50)} | {_cell(s.mAP50_95)} | {s.raw_error:.4f} "
+                     f"| {_cell(s.labeled_mAP50)} |")
+    return "\n".join(lines) + "\n"

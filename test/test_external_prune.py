@@ -1,0 +1,317 @@
+"""Pruning detectors we did not write: ONNX in, smaller drop-in ONNX out, fine-tuned on unlabeled frames.
+
+Small conv detectors with the YOLOX, YOLOv8, native and an unknown output layout are built and
+exported in the test (test/external_models.py); real onnx2torch conversion, torch-pruning, ONNX
+Runtime and the runtime engine throughout.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from external_models import (INPUT_HW, OUTPUT_NAMES, build_detector, export_detector, native_metadata,
+                             write_frames)
+from prune_perception.config import (ExternalModelSettings, ExternalPruneConfig, LabelFreeDistillSettings,
+                                     OptimConfig, PruneSettings)
+from prune_perception.errors import ConfigError, DatasetError, ModelLoadError
+from prune_perception.external.frames import load_frames
+from prune_perception.external.graph_pruning import GraphPruner
+from prune_perception.external.layout import RAW_FORMAT, DetectorLayout
+from prune_perception.external.onnx_import import import_onnx, read_signature
+from prune_perception.external.onnx_writer import EXTERNAL_PRUNING_KEY
+from prune_perception.external.pipeline import load_external, prune_external, prune_module
+from prune_perception.models.cost import model_cost
+from prune_perception.pruning.importance import make_importance
+from prune_perception.pruning.structured import PruneSpec
+from prune_perception.runtime.engine import DetectorEngine
+from prune_perception.runtime.preprocess import Normalization, PreprocessSpec
+
+pytestmark = pytest.mark.slow
+TINY_TUNE = OptimConfig(epochs=1, batch_size=8, lr=0.001, patience=5)
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory):
+    return write_frames(tmp_path_factory.mktemp("frames"), 40)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """layout -> exported ONNX path (dynamic batch, user metadata; native with our metadata)."""
+    root = tmp_path_factory.mktemp("external_models")
+    return {layout: export_detector(build_detector(layout), root / f"{layout}.onnx", OUTPUT_NAMES[layout],
+                                    metadata=native_metadata() if layout == "native" else None)
+            for layout in ("yolox", "yolov8", "native", "unknown")}
+
+
+def _config(model, frames_dir, output, **prune) -> ExternalPruneConfig:
+    return ExternalPruneConfig(external=ExternalModelSettings(model=str(model), images=[str(frames_dir)]),
+                               prune=PruneSettings(**{"ratio": 0.3, "round_to": None, **prune}),
+                               finetune=copy.deepcopy(TINY_TUNE), output=str(output))
+
+
+@pytest.mark.parametrize("layout", ["yolox", "yolov8", "native", "unknown"])
+def test_round_trip_is_a_smaller_drop_in(layout, models, frames_dir, tmp_path):
+    original_path = models[layout]
+    pruned_path, steps = prune_external(_config(original_path, frames_dir, tmp_path), progress=False)
+    original, pruned = onnx.load(original_path), onnx.load(pruned_path)
+
+    # same IO signature (names, element types, declared dims with the symbolic batch), fewer MACs
+    assert read_signature(pruned).inputs == read_signature(original).inputs
+    assert read_signature(pruned).outputs == read_signature(original).outputs
+    assert read_signature(pruned).inputs[0].dims[0] == "batch"
+    assert steps[-1].macs < 0.85 * steps[0].macs and steps[-1].params < steps[0].params
+
+    # metadata: the user's keys kept, our record added
+    before = {p.key: p.value for p in original.metadata_props}
+    after = {p.key: p.value for p in pruned.metadata_props}
+    if layout == "native":
+        record = json.loads(after["pruning"])
+        assert record["pruned_from"] == {"method": "none"} and after["model_hash"] != before["model_hash"]
+        assert set(after) == set(before)   # the runtime's strict key check must still pass
+    else:
+        record = json.loads(after[EXTERNAL_PRUNING_KEY])
+        assert {k: after[k] for k in before} == before
+    assert record["parent"]["sha256"] == _sha(original_path)
+    assert (record["ratio"], record["macs"], record["params"]) == (0.3, steps[-1].macs, steps[-1].params)
+    assert record["frames"]["train_frames"] + record["frames"]["holdout_frames"] == 40
+
+    images = np.random.default_rng(0).random((2, 3, *INPUT_HW), dtype=np.float32)
+    dense_out = ort.InferenceSession(str(original_path)).run(None, {"images": images})
+    pruned_out = ort.InferenceSession(str(pruned_path)).run(None, {"images": images})
+    assert [o.shape for o in pruned_out] == [o.shape for o in dense_out]
+    if layout != "unknown":   # the node's engine runs it with the dense model's model_format
+        engine_format = "auto" if layout == "native" else layout
+        dense_engine = DetectorEngine(original_path, model_format=engine_format, warmup_runs=1)
+        engine = DetectorEngine(pruned_path, model_format=engine_format, warmup_runs=1)
+        assert engine.info.output_format == dense_engine.info.output_format == layout
+        assert engine.info.preprocess == dense_engine.info.preprocess
+        frame = cv2.imread(str(next(frames_dir.glob("*.png"))), cv2.IMREAD_COLOR_BGR)
+        detections, _ = engine.detect(frame, "bgr")
+        assert detections.boxes.shape[1:] == (4,)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["steps"][-1]["macs"] == steps[-1].macs and (tmp_path / "summary.md").is_file()
+
+
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_output_layers_are_protected_and_untouched(models):
+    for layout, protected in (("yolox", {"preds/0/Conv", "preds/1/Conv", "preds/2/Conv"}),
+                              ("unknown", {"preds/0/Conv", "embed/Gemm"})):
+        imported = import_onnx(models[layout])
+        dense = copy.deepcopy(imported.module)
+        pruner = GraphPruner(imported.module, imported.example_input(), make_importance("l1"), PruneSpec(0.4))
+        pruner.step()
+        assert set(pruner.plan.protected) == protected
+        modules, dense_modules = dict(imported.module.named_modules()), dict(dense.named_modules())
+        for name in protected:
+            assert modules[name].weight.shape[0] == dense_modules[name].weight.shape[0]
+            assert modules[name].weight.shape[1] < dense_modules[name].weight.shape[1]   # its inputs are pruned
+            assert torch.equal(modules[name].bias, dense_modules[name].bias)
+
+
+def test_user_kept_layers_and_unknown_names(models):
+    imported = import_onnx(models["yolox"])
+    keep = "backbone/s32/s32/0/Conv"
+    pruner = GraphPruner(imported.module, imported.example_input(), make_importance("l1"), PruneSpec(0.4), [keep])
+    pruner.step()
+    assert keep in pruner.plan.protected
+    assert dict(imported.module.named_modules())[keep].out_channels == 64
+    with pytest.raises(ConfigError, match="no module named 'head.nope'"):
+        GraphPruner(imported.module, imported.example_input(), make_importance("l1"), PruneSpec(0.4), ["head.nope"])
+
+
+def test_distillation_loss_falls_and_agreement_rises(models, frames_dir):
+    """A tiny run (yolox layout, default loss): after pruning, fine-tuning raises agreement with the dense model."""
+    config = _config(models["yolox"], frames_dir, "unused")
+    imported, layout, frames = load_external(config)
+    tune = OptimConfig(epochs=3, batch_size=8, lr=0.001, patience=10, eval_interval=1)
+    _, result = prune_module(imported.module, imported.example_input(), layout, frames, config.prune, tune,
+                             progress=False)
+    pruned = result.steps[-1]
+    losses = [epoch["loss"] for epoch in pruned.finetune[1:]]
+    assert losses[-1] < losses[0]
+    assert result.steps[0].mAP50 > 0.95   # the dense model agrees with itself
+    assert pruned.mAP50 > pruned.mAP50_pruned
+    assert pruned.raw_error < pruned.raw_error_pruned
+
+
+def test_channel_shuffle_and_split_are_skipped_not_a_traceback(tmp_path, frames_dir):
+    path = export_detector(build_detector("yolox", shuffle=True), tmp_path / "shuffle.onnx", OUTPUT_NAMES["yolox"])
+    imported = import_onnx(path)
+    dense = model_cost(imported.module, INPUT_HW)
+    pruner = GraphPruner(imported.module, imported.example_input(), make_importance("l1"), PruneSpec(0.3))
+    pruner.step()
+    assert pruner.plan.skipped_groups   # the groups through the shuffle are left alone
+    assert imported.module(imported.example_input(2)).shape == (2, 126, 8)
+    assert model_cost(imported.module, INPUT_HW).macs < dense.macs
+    pruned_path, _ = prune_external(_config(path, frames_dir, tmp_path / "run"), progress=False)
+    assert read_signature(onnx.load(pruned_path)).outputs == imported.signature.outputs
+
+
+def test_in_memory_module_with_raw_layout_and_user_loss(frames_dir):
+    """The Python API on a user's own nn.Module (no ONNX): raw outputs matched, the user's loss term added."""
+    model = build_detector("unknown")
+    spec = PreprocessSpec(INPUT_HW, "RGB", Normalization(1 / 255))
+    layout = DetectorLayout(RAW_FORMAT, spec, ("heatmap", "embedding"))
+    frames = load_frames([frames_dir], spec, max_frames=12)
+    calls = []
+
+    def user_loss(student_outputs, teacher_outputs, images):
+        calls.append(len(images))
+        return (student_outputs[1] - teacher_outputs[1]).abs().mean()
+
+    student, result = prune_module(model, torch.zeros(1, 3, *INPUT_HW), layout, frames,
+                                   PruneSettings(ratio=0.3, method="taylor"), TINY_TUNE,
+                                   LabelFreeDistillSettings(loss="raw+feature"), user_loss=user_loss, progress=False)
+    assert calls and result.steps[-1].macs < result.steps[0].macs
+    assert result.steps[-1].mAP50 is None and result.steps[-1].raw_error > 0
+    assert [o.shape for o in student(torch.zeros(2, 3, *INPUT_HW))] == [o.shape for o in model(torch.zeros(2, 3, *INPUT_HW))]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _custom_op_model(tmp_path, op="FancyDecode", domain="com.vendor"):
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], np.ones(12, np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["c"], name="conv0"),
+         helper.make_node(op, ["c", "c"][:1 if domain else 2], ["out"], name="decode_head", domain=domain)],
+        "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 32, 32])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.vendor", 1)])
+    path = tmp_path / f"{op}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_unsupported_op_is_named_with_its_node(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"com\.vendor::FancyDecode \(nodes decode_head\)"):
+        import_onnx(_custom_op_model(tmp_path))
+
+
+def test_torchvision_stand_in(tmp_path):
+    """onnx2torch imports torchvision, which does not import beside our CPU torch: a stand-in takes its place,
+    and the two ops that need the real one are refused up front, by name."""
+    from prune_perception.external.torchvision_stub import ensure_torchvision_importable, torchvision_is_stub
+
+    if not ensure_torchvision_importable():
+        pytest.skip("a working torchvision is installed here")
+    assert torchvision_is_stub()
+    import onnx2torch  # noqa: F401  (imports torchvision at import time)
+    from torchvision.ops import roi_align
+
+    with pytest.raises(ModelLoadError, match="ONNX op RoiAlign needs torchvision"):
+        roi_align(torch.zeros(1), torch.zeros(1), 1)
+    with pytest.raises(ModelLoadError, match=r"NonMaxSuppression \(nodes decode_head\)"):
+        import_onnx(_custom_op_model(tmp_path, "NonMaxSuppression", ""))
+
+
+def test_nothing_prunable(tmp_path):
+    path = export_detector(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Sigmoid()),
+                           tmp_path / "one_conv.onnx", ["out"])
+    imported = import_onnx(path)
+    with pytest.raises(ModelLoadError, match="nothing to prune"):
+        GraphPruner(imported.module, imported.example_input(), make_importance("l1"), PruneSpec(0.3))
+    with pytest.raises(ConfigError, match="bn_scale needs BatchNorm layers"):
+        GraphPruner(imported.module, imported.example_input(), make_importance("bn_scale"), PruneSpec(0.3))
+
+
+def test_dynamic_hw_needs_input_size(tmp_path):
+    path = export_detector(build_detector("yolox"), tmp_path / "dyn.onnx", OUTPUT_NAMES["yolox"], dynamic_hw=True)
+    with pytest.raises(ModelLoadError, match=r"dynamic.*set input_size \[H, W\]"):
+        import_onnx(path)
+    assert import_onnx(path, input_size=INPUT_HW).input_hw == INPUT_HW
+
+
+def test_image_sources_without_frames(tmp_path, frames_dir):
+    spec = PreprocessSpec(INPUT_HW, "RGB", Normalization(1 / 255))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "a.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "notes.txt").write_text("no video")
+    for source, message in (("empty", "no readable image file"), ("broken", r"no readable image file \(1 unreadable"),
+                            ("notes.txt", "no frame OpenCV can decode"), ("missing", "image source not found")):
+        with pytest.raises(DatasetError, match=message):
+            load_frames([frames_dir, tmp_path / source], spec)
+    with pytest.raises(ConfigError, match="no image source given"):
+        load_frames([], spec)
+
+
+def test_video_bag_and_folder_sources_with_stride(tmp_path, frames_dir, tiny_synth):
+    from prune_perception.bags.writer import write_dataset_bag
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (144, 96))
+    for image in sorted(frames_dir.glob("*.png")):
+        writer.write(cv2.imread(str(image)))
+    writer.release()
+    bag = tmp_path / "bag"
+    write_dataset_bag(tiny_synth, "val", bag, transport="compressed", progress=False)
+    spec = PreprocessSpec(INPUT_HW, "BGR", Normalization(1.0), centered=False)
+    frames = load_frames([frames_dir, video, bag], spec, frame_stride=2)
+    kinds = {s.kind: s.frames for s in frames.sources}
+    assert kinds == {"images": 20, "video": 20, "bag": 5}
+    assert len(frames.train) + len(frames.holdout) == 45 and len(frames.holdout) == 4 + 4 + 1
+    assert frames.train.shape[1:] == (3, *INPUT_HW) and float(frames.train.float().max()) > 1.0   # raw 0..255 BGR
+
+
+def test_cli_options_and_yaml_load_one_schema(tmp_path):
+    import argparse
+
+    from prune_perception.config import load_config
+    from prune_perception.external.cli_args import add_external_arguments, external_overrides
+
+    parser = argparse.ArgumentParser()
+    add_external_arguments(parser)
+    args = parser.parse_args(["--model", "det.onnx", "--images", "a dir", "clip.mp4", "--frame-stride", "3",
+                              "--input-size", "320", "480", "--keep-layer", "head/Conv", "--distill-loss", "raw"])
+    yaml_file = tmp_path / "external.yaml"
+    yaml_file.write_text("external:\n  model_format: yolox\n  max_frames: 50\nfinetune:\n  epochs: 2\n")
+    config = load_config(ExternalPruneConfig, yaml_file, external_overrides(args))
+    assert (config.external.model, config.external.images, config.external.frame_stride) == (
+        "det.onnx", ["a dir", "clip.mp4"], 3)
+    assert (config.external.input_size, config.external.keep_layers, config.distill.loss) == (
+        [320, 480], ["head/Conv"], "raw")
+    assert (config.external.model_format, config.external.max_frames, config.finetune.epochs) == ("yolox", 50, 2)
+    assert config.prune.round_to == 8
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(ExternalPruneConfig, None, ["external.images_dir=x"])
+
+
+def test_labeled_map_is_reported_when_a_labeled_set_is_given(models, frames_dir, tmp_path):
+    """Labels = the dense engine's own detections on a few frames (boxes under 1 px are dropped by the loader, so the
+    dense model's labeled mAP50 is high but not 1): the run reports the engine's labeled mAP of both models."""
+    from prune_perception.evaluation.evaluate import evaluate_onnx
+
+    engine = DetectorEngine(models["yolov8"], warmup_runs=0)
+    images, annotations = [], []
+    for index, path in enumerate(sorted(frames_dir.glob("*.png"))[:6]):
+        detections, _ = engine.detect(cv2.imread(str(path), cv2.IMREAD_COLOR_RGB))
+        images.append({"id": index + 1, "file_name": str(path), "width": 144, "height": 96})
+        for box, label in zip(detections.boxes.tolist(), detections.labels.tolist()):
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": label + 1,
+                                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "iscrowd": 0,
+                                "area": (box[2] - box[0]) * (box[3] - box[1])})
+    assert annotations
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [
+        {"id": i + 1, "name": name} for i, name in enumerate(engine.info.classes)]}))
+    config = _config(models["yolov8"], frames_dir, tmp_path / "run")
+    config.external.labeled_data = str(labels)
+    _, steps = prune_external(config, progress=False)
+    assert steps[0].labeled_mAP50 == evaluate_onnx(models["yolov8"], str(labels))[0].map50 > 0.5
+    assert steps[-1].labeled_mAP50 == evaluate_onnx(tmp_path / "run" / "pruned.onnx", str(labels))[0].map50
