@@ -8,9 +8,9 @@ starts its own local cluster (the default path).
 
 from __future__ import annotations
 
-import re
 import json
 import os
+import re
 from dataclasses import asdict
 
 import pytest

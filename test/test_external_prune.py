@@ -252,7 +252,7 @@ def test_image_sources_without_frames(tmp_path, frames_dir):
 
 
 def test_video_bag_and_folder_sources_with_stride(tmp_path, frames_dir, tiny_synth):
-    from prune_perception.bags.writer import write_dataset_bag
+    from prune_perception.bags.dataset_bag import write_dataset_bag
 
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (144, 96))
@@ -273,7 +273,7 @@ def test_cli_options_and_yaml_load_one_schema(tmp_path):
     import argparse
 
     from prune_perception.config import load_config
-    from prune_perception.external.cli_args import add_external_arguments, external_overrides
+    from prune_perception.cli.prune import add_external_arguments, external_overrides
 
     parser = argparse.ArgumentParser()
     add_external_arguments(parser)
@@ -300,7 +300,7 @@ def test_labeled_map_is_reported_when_a_labeled_set_is_given(models, frames_dir,
     engine = DetectorEngine(models["yolov8"], warmup_runs=0)
     images, annotations = [], []
     for index, path in enumerate(sorted(frames_dir.glob("*.png"))[:6]):
-        detections, _ = engine.detect(cv2.imread(str(path), cv2.IMREAD_COLOR_RGB))
+        detections, _ = engine.detect(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
         images.append({"id": index + 1, "file_name": str(path), "width": 144, "height": 96})
         for box, label in zip(detections.boxes.tolist(), detections.labels.tolist()):
             annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": label + 1,
@@ -315,3 +315,27 @@ def test_labeled_map_is_reported_when_a_labeled_set_is_given(models, frames_dir,
     _, steps = prune_external(config, progress=False)
     assert steps[0].labeled_mAP50 == evaluate_onnx(models["yolov8"], str(labels))[0].map50 > 0.5
     assert steps[-1].labeled_mAP50 == evaluate_onnx(tmp_path / "run" / "pruned.onnx", str(labels))[0].map50
+
+
+def test_imported_model_formats_are_the_runtimes_plus_raw():
+    from prune_perception.pruning.choices import IMPORTED_MODEL_FORMATS, RAW_OUTPUT_FORMAT
+    from prune_perception.runtime.model_metadata import MODEL_FORMATS
+
+    assert set(IMPORTED_MODEL_FORMATS) == {*MODEL_FORMATS, RAW_OUTPUT_FORMAT}
+
+
+def test_prune_command_on_an_onnx_detector(models, frames_dir, tmp_path, capsys):
+    """`prune --model det.onnx --images DIR`: the one entry point, a readable summary; bad combinations are one line."""
+    from prune_perception.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["prune", "--model", str(models["yolox"]), "--images", str(frames_dir), "--ratio", "0.3",
+                 "--finetune-epochs", "1", "--max-frames", "20", "-o", str(out), "-q"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and (out / "pruned.onnx").is_file() and (out / "history.json").is_file()
+    assert lines[0].startswith(f"pruned ONNX: {out / 'pruned.onnx'}") and "agreement with the dense model" in lines[1]
+    for extra, message in ((["--checkpoint", "x.pt"], "exclude each other"), (["--budget", "2"], "one --ratio"),
+                           (["--schedule", "elastic"], "elastic")):
+        code = main(["prune", "--model", str(models["yolox"]), "--images", str(frames_dir), "-o", str(out), *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and message in err, err

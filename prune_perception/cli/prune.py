@@ -4,18 +4,22 @@ each layer group, and the `report` comparing pruning runs."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from prune_perception.cli.common import add_command, add_scale_out_options, report_failures
 from prune_perception.pruning.choices import (GRADIENT_FREE_CRITERIA, GRANULARITIES, IMPORTANCE_CRITERIA,
-                                              LATENCY_DEVICES, SCHEDULES)
+                                              IMPORTED_MODEL_FORMATS, LATENCY_DEVICES, SCHEDULES)
 
 
 def _cmd_prune(args: argparse.Namespace) -> None:
-    from prune_perception.config import PruneConfig, load_config
+    from prune_perception.config import ExternalPruneConfig, PruneConfig, load_config
+    from prune_perception.errors import ConfigError
 
+    if args.model and args.checkpoint:
+        raise ConfigError("--model (an ONNX detector) and --checkpoint (one of ours) exclude each other: give one")
     overrides = list(args.set)
-    for key, value in (("checkpoint", args.checkpoint), ("prune.method", args.method), ("prune.ratio", args.ratio),
+    for key, value in (("prune.method", args.method), ("prune.ratio", args.ratio),
                        ("prune.granularity", args.granularity),
                        ("prune.iterative_steps", args.steps), ("finetune.epochs", args.finetune_epochs),
                        ("prune.schedule", args.schedule), ("prune.latency_ms", args.latency_ms),
@@ -28,15 +32,47 @@ def _cmd_prune(args: argparse.Namespace) -> None:
     if args.budget is not None:
         overrides.append(f"prune.budget={args.budget}")
     if args.schedule == "oneshot" and (args.steps or 1) > 1:
-        from prune_perception.errors import ConfigError
-
         raise ConfigError(f"--schedule oneshot contradicts --steps {args.steps}: use --schedule iterative")
-    config = load_config(PruneConfig, args.config, overrides)
+    if args.model:
+        config = load_config(ExternalPruneConfig, args.config, overrides + external_overrides(args))
+    else:
+        config = load_config(PruneConfig, args.config, overrides + ([f"checkpoint={args.checkpoint}"]
+                                                                    if args.checkpoint else []))
     from prune_perception.pruning import prune
 
     result = prune(config, progress=not args.quiet, fan_out=_fan_out_settings(args))
     if result is not None:   # None: a torchrun rank other than 0 (rank 0 prints)
         print("\n".join(result.summary))
+
+
+def add_external_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --images, --frame-stride, --max-frames, --input-size, --model-format, --keep-layer, --distill-loss,
+    --labeled-data."""
+    group = parser.add_argument_group("imported detectors (ONNX), fine-tuned without labels")
+    group.add_argument("--model", metavar="DET.ONNX", help="an ONNX detector to prune (instead of --checkpoint)")
+    group.add_argument("--images", nargs="+", metavar="DIR|VIDEO|BAG",
+                       help="unlabeled frames: image folders, video files, rosbag2 bags (any number)")
+    group.add_argument("--frame-stride", type=int, metavar="N", help="keep every N-th frame of each source")
+    group.add_argument("--max-frames", type=int, metavar="N", help="frames read in all (default 1000)")
+    group.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                       help="network input size; required when the model's H/W are dynamic")
+    group.add_argument("--model-format", choices=IMPORTED_MODEL_FORMATS,
+                       help="output layout (auto: metadata / output shapes; raw: match outputs element-wise)")
+    group.add_argument("--keep-layer", action="append", metavar="NAME",
+                       help="module name never pruned, besides the layers feeding the outputs (repeatable)")
+    group.add_argument("--distill-loss", metavar="TERMS", help="auto, or '+'-joined: output, pseudo, feature, raw")
+    group.add_argument("--labeled-data", metavar="DATASET",
+                       help="optional COCO/YOLO set: its labeled mAP (val split) is reported as well")
+
+
+def external_overrides(args: argparse.Namespace) -> list[str]:
+    """``section.key=value`` overrides (values as JSON, which YAML reads back) for the options that were given."""
+    values = {"external.model": args.model, "external.images": args.images,
+              "external.frame_stride": args.frame_stride, "external.max_frames": args.max_frames,
+              "external.input_size": args.input_size, "external.model_format": args.model_format,
+              "external.keep_layers": args.keep_layer, "distill.loss": args.distill_loss,
+              "external.labeled_data": args.labeled_data}
+    return [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
 
 
 def _fan_out_settings(args: argparse.Namespace):
@@ -76,6 +112,7 @@ def add_prune_parser(sub) -> None:
     prune.add_argument("--threads", type=int, help="with --latency-ms: ONNX Runtime intra-op threads (0: default)")
     prune.add_argument("-o", "--output", help="output directory")
     add_scale_out_options(prune, allow_failures=False, what="with --budget (steps search): the candidate ratios")
+    add_external_arguments(prune)
     prune.set_defaults(func=_cmd_prune)
 
 

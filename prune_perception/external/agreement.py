@@ -22,7 +22,7 @@ import torch
 from prune_perception.data.dataset import DetectionDataset, Sample
 from prune_perception.evaluation.coco_map import evaluate_detections
 from prune_perception.external.layout import DetectorLayout, as_output_list
-from prune_perception.models.inference import EVAL_MAX_DETECTIONS, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD
+from prune_perception.models.torch_eval import EVAL_MAX_DETECTIONS, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD
 from prune_perception.runtime.adapters import ADAPTERS
 from prune_perception.runtime.postprocess import Detections, select_detections
 

@@ -22,13 +22,14 @@ import onnxruntime as ort
 import torch
 
 from prune_perception.errors import ConfigError, ModelLoadError
+from prune_perception.pruning.choices import IMPORTED_MODEL_FORMATS, RAW_OUTPUT_FORMAT
 from prune_perception.runtime.adapters import anchor_grid, matching_formats
 from prune_perception.runtime.letterbox import DEFAULT_PAD_VALUE
-from prune_perception.runtime.model_metadata import MODEL_FORMATS, ModelOverrides, read_model_info
+from prune_perception.runtime.model_metadata import ModelOverrides, read_model_info
 from prune_perception.runtime.preprocess import Normalization, PreprocessSpec, color_order_name
 
-RAW_FORMAT = "raw"
-PRUNE_MODEL_FORMATS = (*MODEL_FORMATS, RAW_FORMAT)
+RAW_FORMAT = RAW_OUTPUT_FORMAT
+PRUNE_MODEL_FORMATS = IMPORTED_MODEL_FORMATS
 
 
 @dataclass(frozen=True)

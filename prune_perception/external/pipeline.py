@@ -34,7 +34,7 @@ from prune_perception.external.onnx_import import ImportedOnnx, import_onnx
 from prune_perception.external.onnx_writer import export_pruned
 from prune_perception.models.cost import model_cost
 from prune_perception.pruning.importance import accumulate_gradients, make_importance
-from prune_perception.pruning.run import prune_spec, resolve_schedule
+from prune_perception.pruning.schedules import prune_spec, resolve_schedule
 from prune_perception.runtime.model_metadata import ModelOverrides
 
 
@@ -79,7 +79,8 @@ def check_supported(settings: PruneSettings) -> str:
     if schedule == "elastic":
         raise ConfigError("the elastic schedule is not available for imported models; use oneshot or iterative")
     if settings.budget is not None or settings.latency_ms is not None:
-        raise ConfigError("prune_external runs one ratio; the budget and latency searches call it per candidate")
+        raise ConfigError("imported models are pruned at one --ratio (one-shot or iterative): the accuracy-budget "
+                          "(--budget) and latency (--latency-ms) searches do not take them yet")
     return schedule
 
 

@@ -7,14 +7,18 @@ behave alike:
 - `budget` (budget.py, when `prune.budget` is set): the largest ratio whose fine-tuned mAP50 drop stays
   within the budget; `fan_out` evaluates its candidates on Dask (scaleout/budget_candidates.py);
 - `latency` (latency_budget.py, when `prune.latency_ms` is set, with `prune.budget` or without): the
-  fastest network that meets a measured latency target.
+  fastest network that meets a measured latency target;
+- `external` (external/pipeline.py, for an ExternalPruneConfig): a detector brought as an ONNX file,
+  pruned and fine-tuned by distillation on unlabeled frames, written back as a drop-in ONNX.
 
 Under torchrun rank 0 prunes and writes, every rank fine-tunes (ddp_finetune.py); the other ranks get None.
 """
 
 from __future__ import annotations
 
-from prune_perception.config import PruneConfig
+from pathlib import Path
+
+from prune_perception.config import ExternalPruneConfig, PruneConfig
 from prune_perception.errors import ConfigError
 from prune_perception.pruning.budget import run_budget_pruning, validate_budget_settings
 from prune_perception.pruning.ddp_finetune import run_on_ranks
@@ -28,7 +32,7 @@ from prune_perception.scaleout.runner import FanOutSettings
 from prune_perception.training.distillation import validate_distill_settings
 from prune_perception.training.distributed import env_context
 
-PRUNE_MODES = ("ratio", "budget", "latency")
+PRUNE_MODES = ("ratio", "budget", "latency", "external")
 
 
 def prune_mode(config: PruneConfig) -> str:
@@ -62,11 +66,14 @@ def validate_prune_config(config: PruneConfig, fan_out: FanOutSettings | None = 
     return mode
 
 
-def prune(config: PruneConfig, progress: bool = True, fan_out: FanOutSettings | None = None) -> PruneResult | None:
+def prune(config: PruneConfig | ExternalPruneConfig, progress: bool = True,
+          fan_out: FanOutSettings | None = None) -> PruneResult | None:
     """Validate `config`, then prune as its mode says; writes the run's outputs to `config.output`.
 
     Returns None only on torchrun ranks other than 0 (they serve rank 0's fine-tuning jobs).
     """
+    if isinstance(config, ExternalPruneConfig):
+        return _prune_imported(config, progress, fan_out)
     mode = validate_prune_config(config, fan_out)
     if mode == "latency":
         return run_on_ranks(config, lambda: run_latency_pruning(config, progress))
@@ -78,3 +85,25 @@ def prune(config: PruneConfig, progress: bool = True, fan_out: FanOutSettings | 
             candidates_on = DaskBudgetCandidates(fan_out)
         return run_on_ranks(config, lambda: run_budget_pruning(config, progress, candidates_on))
     return run_on_ranks(config, lambda: run_pruning(config, progress))
+
+
+def _prune_imported(config: ExternalPruneConfig, progress: bool, fan_out: FanOutSettings | None) -> PruneResult:
+    """The `external` mode: one ratio (one-shot or iterative), label-free, single process."""
+    from prune_perception.external.pipeline import prune_external   # onnx2torch only for imported models
+
+    if fan_out is not None:
+        raise ConfigError("--scheduler / --workers fan out accuracy-budget candidates, which imported models do not "
+                          "search: drop them")
+    if env_context().is_distributed:
+        raise ConfigError("imported models are pruned in one process: run without torchrun")
+    path, steps = prune_external(config, progress)
+    dense, final = steps[0], steps[-1]
+    score = (f"agreement with the dense model mAP50 {final.mAP50:.3f}" if final.mAP50 is not None
+             else f"raw-output error {dense.raw_error:.4f} -> {final.raw_error:.4f}")
+    summary = [f"pruned ONNX: {path} (same inputs and outputs as {config.external.model})",
+               f"params {dense.params:,} -> {final.params:,}, MACs {dense.macs / 1e6:.1f}M -> {final.macs / 1e6:.1f}M "
+               f"({1 - final.macs / dense.macs:.1%} cut), {score} (held-out frames, no labels)"]
+    if final.labeled_mAP50 is not None:
+        summary.append(f"labeled mAP50 {dense.labeled_mAP50:.3f} -> {final.labeled_mAP50:.3f} "
+                       f"({config.external.labeled_data})")
+    return PruneResult("external", path, Path(config.output), steps, summary, chosen_ratio=config.prune.ratio)

@@ -6,3 +6,5 @@ SCHEDULES = ("oneshot", "iterative", "elastic")
 GRANULARITIES = ("channel", "weight", "kernel")
 BUDGET_SEARCHES = ("steps", "bisect")
 LATENCY_DEVICES = ("cpu", "cuda")
+RAW_OUTPUT_FORMAT = "raw"   # imported detectors whose outputs we cannot decode: matched element-wise
+IMPORTED_MODEL_FORMATS = ("auto", "native", "yolox", "yolov8", RAW_OUTPUT_FORMAT)   # runtime's MODEL_FORMATS + raw

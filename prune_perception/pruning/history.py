@@ -35,10 +35,10 @@ class PruneResult:
     `candidates` are the searched candidates of a budget or latency run (empty for ratio pruning).
     """
 
-    mode: str                          # ratio | budget | latency (pruning/api.py PRUNE_MODES)
-    path: Path                         # the written checkpoint (the dense model itself when kept_dense)
+    mode: str                          # ratio | budget | latency | external (pruning/api.py PRUNE_MODES)
+    path: Path                         # the written checkpoint or ONNX (the dense model itself when kept_dense)
     output: Path                       # the run's folder: history.json, summary.md, fine-tuning folders
-    history: list[PruneStep]
+    history: list[PruneStep]           # external: ExternalPruneStep rows (PruneStep's fields, agreement as mAP)
     summary: list[str]                 # the lines a person reads at the end of the run
     candidates: list[Any] = field(default_factory=list)
     chosen_ratio: float | None = None
