@@ -42,11 +42,23 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from prune_perception.evaluation.evaluate import evaluate_model_file
+    from prune_perception.errors import ConfigError
 
-    result, paths = evaluate_model_file(Path(args.model), args.data, args.split,
-                                             Path(args.output) if args.output else None, args.batch_size,
-                                             progress=not args.quiet)
+    if args.detections or args.annotations:
+        if not (args.detections and args.annotations) or args.model or args.data:
+            raise ConfigError("--detections DETS_JSON needs --annotations GT_JSON and scores that file: give no model "
+                              "and no --data with it")
+        from prune_perception.evaluation.coco_map import evaluate_results_file
+
+        result, paths = evaluate_results_file(Path(args.detections), Path(args.annotations)), []
+    elif not (args.model and args.data):
+        raise ConfigError("give a model and --data DATASET, or --detections DETS_JSON --annotations GT_JSON")
+    else:
+        from prune_perception.evaluation.evaluate import evaluate_model_file
+
+        result, paths = evaluate_model_file(Path(args.model), args.data, args.split,
+                                            Path(args.output) if args.output else None, args.batch_size,
+                                            progress=not args.quiet, engine_options=_eval_engine_options(args))
     print(f"mAP50 {result.map50:.3f} mAP50-95 {result.map50_95:.3f} on {result.num_images} images")
     for path in paths:
         print(f"wrote {path}")
@@ -283,7 +295,7 @@ def _node_overrides(texts: list[str]) -> dict:
 
 def _evaluate_on_bag(bag: str, model: str, args: argparse.Namespace):
     """One model on one bag: replay through the node, or --offline through the engine."""
-    params = {"providers": args.providers, **_node_overrides(args.param)}
+    params = {"providers": args.providers, **_node_overrides(args.param), **_nms_override(args)}
     if args.offline:
         from prune_perception.evaluation.bag_eval import evaluate_bag_offline
 
@@ -296,11 +308,35 @@ def _evaluate_on_bag(bag: str, model: str, args: argparse.Namespace):
     return replay_bag(bag, model, settings)
 
 
+def _nms_override(args: argparse.Namespace) -> dict:
+    """{'class_agnostic_nms': True} when --class-agnostic-nms is given."""
+    return {"class_agnostic_nms": True} if getattr(args, "class_agnostic_nms", False) else {}
+
+
+MODEL_OVERRIDES = ("class_names", "input_size", "input_color_order", "input_scale", "yolox_decoded")
+"""DetectorEngine settings for external models without our metadata (runtime/model_metadata.py)."""
+
+
 def _engine_options(args: argparse.Namespace) -> dict:
-    """Runtime-engine options of --providers and the -p overrides (offline evaluation)."""
-    params = {"providers": args.providers, **_node_overrides(args.param)}
+    """Runtime-engine options of --providers, --class-agnostic-nms and the -p overrides (offline evaluation)."""
+    params = {"providers": args.providers, **_node_overrides(args.param), **_nms_override(args)}
     return {k: v for k, v in params.items() if k in (
-        "providers", "score_threshold", "nms_threshold", "max_detections", "model_format", "intra_op_threads")}
+        "providers", "score_threshold", "nms_threshold", "max_detections", "model_format", "intra_op_threads",
+        "class_agnostic_nms", *MODEL_OVERRIDES)}
+
+
+def _eval_engine_options(args: argparse.Namespace) -> dict:
+    """Engine options of `eval` (--model-format, --class-agnostic-nms, -p); ConfigError for a -p it does not take."""
+    from prune_perception.errors import ConfigError
+
+    params = _node_overrides(args.param)
+    unknown = sorted(set(params) - set(MODEL_OVERRIDES))
+    if unknown:
+        raise ConfigError(f"eval -p takes {', '.join(MODEL_OVERRIDES)} (thresholds are fixed for mAP); "
+                          f"got {', '.join(unknown)}")
+    if args.model_format:
+        params["model_format"] = args.model_format
+    return {**params, **_nms_override(args)}
 
 
 def _cmd_replay(args: argparse.Namespace) -> None:
@@ -322,6 +358,10 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print(markdown_table(*summary_table(results)))
     for path in write_compare_report(results, Path(args.output)):
         print(f"wrote {path}")
+
+
+CLASS_AGNOSTIC_HELP = ("one NMS over all classes (YOLOX's and many external pipelines' own post-processing) "
+                       "instead of one per class (the parameter class_agnostic_nms)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,12 +387,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     train.set_defaults(func=_cmd_train)
 
-    evaluate = sub.add_parser("eval", help="mAP50, mAP50-95 and per-class AP of a checkpoint on a dataset")
-    evaluate.add_argument("model", help="checkpoint (.pt) or ONNX model (.onnx, run with ONNX Runtime)")
-    evaluate.add_argument("--data", required=True, help="COCO json, COCO root or YOLO root")
+    evaluate = sub.add_parser("eval", help="mAP50, mAP50-95 and per-class AP of a model on a dataset, or of a "
+                                           "COCO results file against COCO ground truth")
+    evaluate.add_argument("model", nargs="?", help="checkpoint (.pt) or ONNX model (.onnx, run with ONNX Runtime)")
+    evaluate.add_argument("--data", help="COCO json, COCO root or YOLO root (with a model)")
     evaluate.add_argument("--split", default="val")
     evaluate.add_argument("-o", "--output", help="directory for eval.json and eval.md")
     evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--detections", metavar="DETS_JSON",
+                          help="instead of a model: score this COCO results file ([{image_id, category_id, bbox, "
+                               "score}, ...]) against --annotations; no image files needed")
+    evaluate.add_argument("--annotations", metavar="GT_JSON", help="COCO ground truth for --detections")
+    onnx_options = evaluate.add_argument_group("ONNX models")
+    onnx_options.add_argument("--model-format", choices=("auto", "native", "yolox", "yolov8"),
+                              help="output layout (default auto: our metadata, else recognised from the output shapes)")
+    onnx_options.add_argument("--class-agnostic-nms", action="store_true", help=CLASS_AGNOSTIC_HELP)
+    onnx_options.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                              help="setting for a model without our metadata (YAML value), repeatable: "
+                                   "class_names=[a,b], yolox_decoded=true, input_size=[H,W], input_color_order=BGR, "
+                                   "input_scale=1.0")
     evaluate.set_defaults(func=_cmd_eval)
 
     def scale_out_options(command: argparse.ArgumentParser, allow_failures: bool, what: str = "the evaluations",
@@ -499,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--offline", action="store_true", help="run the runtime engine over the bag, no ROS")
         command.add_argument("--image-topic", help="image topic (default: the bag's only image topic)")
         command.add_argument("--providers", nargs="+", default=["cpu"])
+        command.add_argument("--class-agnostic-nms", action="store_true", help=CLASS_AGNOSTIC_HELP)
         command.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                              help="detector parameter override (YAML value), repeatable")
 

@@ -45,7 +45,7 @@ from prune_perception.runtime.preprocess import as_uint8_color
 from prune_perception.runtime.providers import provider_name
 
 RELOAD_PARAMS = tuple(spec.name for spec in DETECTOR_PARAMS if spec.update == "reload")
-THRESHOLD_PARAMS = ("score_threshold", "nms_threshold", "max_detections")
+THRESHOLD_PARAMS = ("score_threshold", "nms_threshold", "max_detections", "class_agnostic_nms")
 WORKER_POLL_S = 0.1
 LOG_THROTTLE_S = 2.0
 
@@ -168,7 +168,8 @@ class DetectorNode(Node):
                                     intra_op_threads=request["intra_op_threads"],
                                     warmup_runs=self._params["warmup_runs"],
                                     score_threshold=self._thresholds.score, nms_threshold=self._thresholds.nms,
-                                    max_detections=self._thresholds.max_detections)
+                                    max_detections=self._thresholds.max_detections,
+                                    class_agnostic_nms=self._thresholds.class_agnostic)
         except Exception as exc:  # keep serving whatever went wrong; the reason goes to /diagnostics
             reason = str(exc) if isinstance(exc, PrunePerceptionError) else f"{type(exc).__name__}: {exc}"
             with self._lock:
@@ -179,7 +180,8 @@ class DetectorNode(Node):
                 self._revert(previous)
             return
         with self._lock:
-            engine.set_thresholds(self._thresholds.score, self._thresholds.nms, self._thresholds.max_detections)
+            engine.set_thresholds(self._thresholds.score, self._thresholds.nms, self._thresholds.max_detections,
+                                  self._thresholds.class_agnostic)
             swapped = self._engine is not None
             self._engine, self._serving = engine, request
             self._loading, self._load_error, self._load_error_at = "", "", None
