@@ -99,8 +99,13 @@ own_eval() {  # LABEL NAME FORMAT H W [--class-agnostic]
     "$EXT_VENV/bin/python" "$HERE/own_pipeline_dets.py" --model "$OUT/$name.onnx" --format "$format" \
         --annotations "$GT" --images "$DATA/images" --input-size "$height" "$width" --output "$OUT/own/$label.json" "$@"
     "$PKG_VENV/bin/prune-perception" -q eval --detections "$OUT/own/$label.json" --annotations "$GT"
-    "$PKG_VENV/bin/python" "$HERE/engine_vs_own.py" --model "$OUT/$name.onnx" --format "$format" \
-        --own "$OUT/own/$label.json" --annotations "$GT" --images "$DATA/images" "$@" | tee "$OUT/own/$label.cmp.json"
+    # parity at a threshold low enough for a barely trained model to give boxes (YOLOX starts at 1e-4)
+    "$EXT_VENV/bin/python" "$HERE/own_pipeline_dets.py" --model "$OUT/$name.onnx" --format "$format" \
+        --annotations "$GT" --images "$DATA/images" --input-size "$height" "$width" --score 1e-6 \
+        --output "$OUT/own/$label.parity.json" "$@"
+    "$PKG_VENV/bin/python" "$HERE/engine_vs_own.py" --model "$OUT/$name.onnx" --format "$format" --score 1e-6 \
+        --own "$OUT/own/$label.parity.json" --annotations "$GT" --images "$DATA/images" "$@" \
+        | tee "$OUT/own/$label.cmp.json"
 }
 # YOLOX exports carry no class names: give the dataset's, in category-id order (YOLOX's own class order).
 engine_eval yolox_nano yolox_nano yolox -p "class_names=$CLASSES"
