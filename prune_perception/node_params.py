@@ -133,6 +133,8 @@ DETECTOR_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("nms_threshold", 0.7, "IoU above which a lower-scoring box of the same class is suppressed.",
               "live", minimum=0.0, maximum=1.0, exclusive_minimum=True),
     ParamSpec("max_detections", 100, "Most detections published per image.", "live", minimum=1, maximum=10000),
+    ParamSpec("class_agnostic_nms", False, "One NMS over all classes: a box suppresses overlapping boxes of any "
+              "class (YOLOX's and many external pipelines' own post-processing). False: per class.", "live"),
     ParamSpec("max_image_pixels", DEFAULT_MAX_PIXELS, "Frames with more pixels are refused (counted as failed) "
               "before any copy or decode.", "live", minimum=1, maximum=2**31 - 1),
     ParamSpec("class_names", [], "Class names in the model's output order (class id = index), for models without "

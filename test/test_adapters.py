@@ -170,6 +170,23 @@ def test_yolov8_model_gives_boxes_in_original_pixels(tmp_path, image_hw, expecte
     np.testing.assert_allclose(detections.boxes, [expected], atol=1e-3)
 
 
+def test_class_agnostic_nms_in_the_engine(tmp_path):
+    """Two overlapping boxes of different classes: both kept per class, the better one alone across classes."""
+    output = yolov8_output()
+    output[0, :4, 6] = [33, 20, 16, 8]  # next to anchor 5's box (IoU 0.88), class 0 at 0.8
+    output[0, 4, 6] = 0.8
+    path = constant_model(tmp_path / "yolov8.onnx", {"output0": output})
+    image = np.zeros((64, 64, 3), np.uint8)
+    detector = engine(path, score_threshold=0.5, nms_threshold=0.5)
+    assert detector.detect(image)[0].labels.tolist() == [1, 0]
+    detector.set_thresholds(0.5, 0.5, 100, class_agnostic_nms=True)
+    assert detector.detect(image)[0].labels.tolist() == [1]
+    assert engine(path, score_threshold=0.5, nms_threshold=0.5, class_agnostic_nms=True).detect(image)[0].labels \
+        .tolist() == [1]
+    with pytest.raises(ConfigError, match="class_agnostic_nms must be true or false, got 'yes'"):
+        detector.set_thresholds(0.5, 0.5, 100, class_agnostic_nms="yes")
+
+
 @pytest.mark.parametrize("image_hw, expected", [
     ((300, 500), [156.25, 87.5, 312.5, 243.75]),  # scale 0.64, fitted 192x320, pad_y 64
     ((500, 300), [56.25, 187.5, 212.5, 343.75]),  # fitted 320x192, pad_x 64

@@ -143,6 +143,24 @@ def test_live_threshold_change(harness_factory, val_images, reference):
     assert not read_only.successful
 
 
+def test_class_agnostic_nms_parameter(harness_factory, val_images, reference):
+    """Set at start-up and changed live, the node's detections match the engine's in the same NMS mode."""
+    uncapped = dict(score_threshold=SCORE, max_detections=10000)  # the counts must not hit the cap
+    aware = DetectorEngine(reference.info.path, providers=["cpu"], warmup_runs=0, **uncapped)
+    agnostic = DetectorEngine(reference.info.path, providers=["cpu"], warmup_runs=0, class_agnostic_nms=True,
+                              **uncapped)
+    h = harness_factory(reference.info.path, class_agnostic_nms=True, max_detections=10000)
+    msg = image_to_msg(val_images[0], "rgb8", Header())
+    fewer, _ = agnostic.detect(val_images[0], "rgb")
+    all_classes, _ = aware.detect(val_images[0], "rgb")
+    assert 0 < len(fewer) < len(all_classes), "the tiny model gives overlapping boxes of different classes"
+    assert_same_detections(h.send_and_wait(msg), fewer, reference.info.classes)
+    assert h.node.set_parameters([Parameter("class_agnostic_nms", value=False)])[0].successful
+    assert_same_detections(h.send_and_wait(msg), all_classes, reference.info.classes)
+    rejected = h.node.set_parameters([Parameter("class_agnostic_nms", value="yes")])[0]
+    assert not rejected.successful and "class_agnostic_nms" in rejected.reason
+
+
 def test_overload_drops_newest_wins_and_counts_add_up(harness_factory, reference):
     h = harness_factory(reference.info.path, qos_depth=100)   # DDS keeps all 60: every drop is the node's
     big = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)

@@ -103,3 +103,21 @@ def test_no_module_imports_a_private_name_of_another():
                  for target, names in edges.items() if target != module
                  for name in names if name.startswith("_") and not name.startswith("__")]
     assert not offenders, offenders
+
+
+def test_external_model_code_stays_out_of_the_package_and_its_tests():
+    """YOLOX and Ultralytics (AGPL-3.0) only make test models, in bench/external_models' own venv."""
+    import ast
+
+    root = PACKAGE.parent
+    offenders = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *(root / "test").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root)}: {name}" for name in names
+                          if name.split(".")[0] in ("yolox", "ultralytics")]
+    assert not offenders, offenders
+    for spec in ("setup.py", "package.xml", "scripts/setup_env.sh"):
+        text = (root / spec).read_text().lower()
+        assert "yolox" not in text and "ultralytics" not in text, f"{spec} names an external model package"

@@ -68,3 +68,14 @@ def test_nms_is_class_aware_and_sorted():
     assert dets.labels.tolist() == [0, 0, 1]
     assert len(select_detections(boxes, scores, 0.1, 0.5, max_detections=1)) == 1
     assert len(select_detections(boxes, scores, 0.99, 0.5, 10)) == 0
+
+
+def test_class_agnostic_nms_keeps_one_of_two_overlapping_boxes_of_different_classes():
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], np.float32)  # IoU of the first two: 0.82
+    scores = np.zeros((3, 2), np.float32)
+    scores[0, 0], scores[1, 1], scores[2, 1] = 0.9, 0.8, 0.7
+    aware = select_detections(boxes, scores, score_threshold=0.1, nms_threshold=0.5, max_detections=10)
+    assert aware.scores.tolist() == pytest.approx([0.9, 0.8, 0.7]) and aware.labels.tolist() == [0, 1, 1]
+    agnostic = select_detections(boxes, scores, 0.1, 0.5, 10, class_agnostic=True)
+    assert agnostic.scores.tolist() == pytest.approx([0.9, 0.7]) and agnostic.labels.tolist() == [0, 1]
+    np.testing.assert_array_equal(agnostic.boxes, boxes[[0, 2]])

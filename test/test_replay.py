@@ -200,3 +200,20 @@ def test_replay_cli_bad_bags_fail_in_one_line(val_bag, tiny_onnx_model, tmp_path
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, result.stderr
         assert lines[0].startswith("prune-perception replay: error:") and message in lines[0]
+
+
+@pytest.mark.slow
+def test_class_agnostic_nms_flag_reaches_the_node_and_the_engine(val_bag, tiny_onnx_model, tmp_path):
+    uncapped = {"score_threshold": SCORE, "max_detections": 10000}  # the counts must not hit the cap
+    aware = evaluate_bag_offline(val_bag, tiny_onnx_model, progress=False, engine_options=uncapped)
+    agnostic = evaluate_bag_offline(val_bag, tiny_onnx_model, progress=False,
+                                    engine_options={**uncapped, "class_agnostic_nms": True})
+    assert 0 < agnostic.map.num_detections < aware.map.num_detections
+    for mode in ("--max-rate", "--offline"):
+        out = tmp_path / mode.strip("-")
+        result = run_cli("replay", str(val_bag), "--model", str(tiny_onnx_model), mode, "--class-agnostic-nms",
+                         "-p", f"score_threshold={SCORE}", "-p", "max_detections=10000", "-o", str(out))
+        assert result.returncode == 0, result.stderr[-2000:]
+        written = json.loads(next(out.glob("*.json")).read_text())["map"]
+        assert written["num_detections"] == agnostic.map.num_detections, mode
+        assert written["mAP50"] == pytest.approx(agnostic.map.map50, abs=1e-6), mode

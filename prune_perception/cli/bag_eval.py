@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prune_perception.cli.common import (add_command, add_json_option, add_scale_out_options, engine_options,
-                                         evaluation_line, node_overrides, print_json, report_failures)
+from prune_perception.cli.common import (CLASS_AGNOSTIC_HELP, add_command, add_json_option, add_scale_out_options,
+                                         engine_options, evaluation_line, nms_override, node_overrides, print_json,
+                                         report_failures)
 
 
 def _evaluate_on_bag(bag: str, model: str, args: argparse.Namespace):
     """One model on one bag: replay through the node, or --offline through the engine."""
-    params = {"providers": args.providers, **node_overrides(args.param)}
+    params = {"providers": args.providers, **node_overrides(args.param), **nms_override(args)}
     if args.offline:
         from prune_perception.evaluation.bag_eval import evaluate_bag_offline
 
@@ -35,6 +36,7 @@ def _add_bag_evaluation_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--offline", action="store_true", help="run the runtime engine over the bag, no ROS")
     command.add_argument("--image-topic", help="image topic (default: the bag's only image topic)")
     command.add_argument("--providers", nargs="+", default=["cpu"])
+    command.add_argument("--class-agnostic-nms", action="store_true", help=CLASS_AGNOSTIC_HELP)
     command.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                          help="detector parameter override (YAML value), repeatable")
 

@@ -62,11 +62,23 @@ def node_overrides(texts: list[str]) -> dict:
     return {".".join(key): value for key, value in map(parse_override, texts)}
 
 
+MODEL_OVERRIDES = ("class_names", "input_size", "input_color_order", "input_scale", "yolox_decoded")
+"""DetectorEngine settings for external models without our metadata (runtime/model_metadata.py)."""
+CLASS_AGNOSTIC_HELP = ("one NMS over all classes (YOLOX's and many external pipelines' own post-processing) "
+                       "instead of one per class (the parameter class_agnostic_nms)")
+
+
+def nms_override(args: argparse.Namespace) -> dict:
+    """{'class_agnostic_nms': True} when --class-agnostic-nms is given."""
+    return {"class_agnostic_nms": True} if getattr(args, "class_agnostic_nms", False) else {}
+
+
 def engine_options(args: argparse.Namespace) -> dict:
-    """Runtime-engine options of --providers and the -p overrides (offline evaluation)."""
-    params = {"providers": args.providers, **node_overrides(args.param)}
+    """Runtime-engine options of --providers, --class-agnostic-nms and the -p overrides (offline evaluation)."""
+    params = {"providers": args.providers, **node_overrides(args.param), **nms_override(args)}
     return {k: v for k, v in params.items() if k in (
-        "providers", "score_threshold", "nms_threshold", "max_detections", "model_format", "intra_op_threads")}
+        "providers", "score_threshold", "nms_threshold", "max_detections", "model_format", "intra_op_threads",
+        "class_agnostic_nms", *MODEL_OVERRIDES)}
 
 
 def evaluation_line(result) -> str:

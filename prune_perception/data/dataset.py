@@ -149,13 +149,18 @@ def _default_images_dir(json_path: Path) -> Path:
     return sibling if sibling.is_dir() else json_path.parent
 
 
-def _read_coco_json(json_path: Path) -> dict[str, Any]:
-    if not json_path.is_file():
-        raise DatasetError(f"{json_path}: annotation file not found")
+def read_json_file(path: Path, what: str) -> Any:
+    """The parsed JSON of ``path``; DatasetError naming the file (``what``: e.g. 'annotation file') otherwise."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: {what} not found")
     try:
-        document = json.loads(json_path.read_bytes())
+        return json.loads(path.read_bytes())
     except ValueError as exc:
-        raise DatasetError(f"{json_path}: not valid JSON ({exc})") from None
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _read_coco_json(json_path: Path) -> dict[str, Any]:
+    document = read_json_file(json_path, "annotation file")
     if not isinstance(document, dict):
         raise DatasetError(f"{json_path}: expected a COCO JSON object with 'images' and 'categories'")
     return document
@@ -188,7 +193,8 @@ def _parse_coco_bbox(bbox: Any) -> list[float]:
 
 
 def load_coco(
-    json_path: Path, images_dir: Path | None = None, classes: Sequence[str] | None = None
+    json_path: Path, images_dir: Path | None = None, classes: Sequence[str] | None = None,
+    require_images: bool = True,
 ) -> DetectionDataset:
     """Load a COCO detection json.
 
@@ -196,6 +202,7 @@ def load_coco(
     exists, else the json's folder). Category ids may be arbitrary; labels are contiguous indices
     in order of category id. Crowd annotations (``iscrowd: 1``) are skipped. With ``classes``,
     labels are remapped onto that order (DatasetError if a category name is not in it).
+    ``require_images=False`` skips the check that every image file exists (scoring results files).
     """
     json_path = Path(json_path)
     document = _read_coco_json(json_path)
@@ -237,7 +244,8 @@ def load_coco(
             boxes_by_image[image_id].append(bbox)
             labels_by_image[image_id].append(category_index[category_id])
 
-    missing = [images_dir / file_name for _, file_name, _, _ in images if not (images_dir / file_name).is_file()]
+    missing = [images_dir / file_name for _, file_name, _, _ in images
+               if require_images and not (images_dir / file_name).is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DatasetError(f"{json_path}: image file not found: {missing[0]}{more}")

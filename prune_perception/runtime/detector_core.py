@@ -42,7 +42,7 @@ from prune_perception.runtime.postprocess import Detections
 from prune_perception.runtime.providers import provider_name
 
 RELOAD_PARAMS = tuple(spec.name for spec in DETECTOR_PARAMS if spec.update == "reload")
-THRESHOLD_PARAMS = ("score_threshold", "nms_threshold", "max_detections")
+THRESHOLD_PARAMS = ("score_threshold", "nms_threshold", "max_detections", "class_agnostic_nms")
 WORKER_POLL_S = 0.1
 LOG_THROTTLE_S = 2.0
 
@@ -175,7 +175,8 @@ class DetectorCore:
                 self._staged = (reload, current)
             self._thresholds = thresholds
             if self._engine is not None:
-                self._engine.set_thresholds(thresholds.score, thresholds.nms, thresholds.max_detections)
+                self._engine.set_thresholds(thresholds.score, thresholds.nms, thresholds.max_detections,
+                                            thresholds.class_agnostic)
         self.params = params
 
     def _check_reload(self, reload: dict[str, Any]) -> None:
@@ -234,7 +235,8 @@ class DetectorCore:
                                f": {reason}")
             return False
         with self._lock:
-            engine.set_thresholds(self._thresholds.score, self._thresholds.nms, self._thresholds.max_detections)
+            engine.set_thresholds(self._thresholds.score, self._thresholds.nms, self._thresholds.max_detections,
+                                  self._thresholds.class_agnostic)
             swapped = self._engine is not None
             self._engine, self._serving = engine, request
             self._loading, self._load_error, self._load_error_at = "", "", None
@@ -264,6 +266,7 @@ class DetectorCore:
                                 intra_op_threads=request["intra_op_threads"], warmup_runs=self.params["warmup_runs"],
                                 score_threshold=self._thresholds.score, nms_threshold=self._thresholds.nms,
                                 max_detections=self._thresholds.max_detections,
+                                class_agnostic_nms=self._thresholds.class_agnostic,
                                 input_size=(height, width) if width else None, class_names=class_names)
         if digest is not None and engine.info.file_sha256 != digest:
             raise ModelLoadError(f"model swap refused: {path} changed while it was being loaded")

@@ -7,8 +7,8 @@ Every problem raises :class:`ModelLoadError` / :class:`ProviderError` / :class:`
 naming the file and the problem.
 
 Per call: decode (``detect_encoded`` only) -> pre-process (letterbox, colour order,
-normalisation) -> inference -> post-process (output adapter, class-aware NMS, boxes back to
-original pixels, clipped), each stage timed (:class:`StageTimes`).
+normalisation) -> inference -> post-process (output adapter, class-aware NMS or class-agnostic
+with ``class_agnostic_nms``, boxes back to original pixels, clipped), each stage timed (:class:`StageTimes`).
 
 Threading: one engine is meant to be called from one worker thread. ``set_thresholds`` may be
 called from another thread (the thresholds are swapped as one immutable object, a call in flight
@@ -56,11 +56,13 @@ class StageTimes:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Post-processing settings: score threshold [0, 1], NMS IoU threshold (0, 1], max detections >= 1."""
+    """Post-processing settings: score threshold [0, 1], NMS IoU threshold (0, 1], max detections >= 1,
+    NMS across classes (``class_agnostic``) or per class."""
 
     score: float
     nms: float
     max_detections: int
+    class_agnostic: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.score, Real) and 0.0 <= self.score <= 1.0):
@@ -70,6 +72,8 @@ class Thresholds:
         if not (isinstance(self.max_detections, Integral) and not isinstance(self.max_detections, bool)
                 and self.max_detections >= 1):
             raise ConfigError(f"max_detections must be an int >= 1, got {self.max_detections!r}")
+        if not isinstance(self.class_agnostic, bool):
+            raise ConfigError(f"class_agnostic_nms must be true or false, got {self.class_agnostic!r}")
 
 
 def validate_model_file(path: str | os.PathLike) -> Path:
@@ -96,19 +100,20 @@ class DetectorEngine:
     ``model_format``: ``auto`` (our metadata -> native; no metadata -> YOLOX/YOLOv8 recognised from
     the output shapes), or force ``native`` / ``yolox`` / ``yolov8``. ``providers``: preference list
     (``tensorrt``, ``cuda``, ``cpu`` or full ORT names); ``strict_provider`` fails unless the first
-    one is active. ``intra_op_threads`` 0 = ONNX Runtime's default. ``input_size``,
-    ``input_color_order``, ``input_scale``, ``class_names``, ``yolox_decoded`` override what the
-    metadata or the format's defaults say (see :mod:`.model_metadata`).
+    one is active. ``class_agnostic_nms``: one NMS over all classes (YOLOX's and many external
+    pipelines' own post-processing) instead of one per class. ``intra_op_threads`` 0 = ONNX
+    Runtime's default. ``input_size``, ``input_color_order``, ``input_scale``, ``class_names``,
+    ``yolox_decoded`` override what the metadata or the format's defaults say (see :mod:`.model_metadata`).
     """
 
     def __init__(self, model_path: str | os.PathLike, model_format: str = "auto",
                  providers: Sequence[str] = ("cpu",), strict_provider: bool = False, intra_op_threads: int = 0,
                  warmup_runs: int = 3, score_threshold: float = 0.35, nms_threshold: float = 0.7,
-                 max_detections: int = 100, input_size: tuple[int, int] | None = None,
+                 max_detections: int = 100, class_agnostic_nms: bool = False, input_size: tuple[int, int] | None = None,
                  input_color_order: str | None = None, input_scale: float | None = None,
                  class_names: Sequence[str] | None = None, yolox_decoded: bool | None = None):
         path = validate_model_file(model_path)
-        self._thresholds = Thresholds(score_threshold, nms_threshold, max_detections)
+        self._thresholds = Thresholds(score_threshold, nms_threshold, max_detections, class_agnostic_nms)
         for name, value in (("intra_op_threads", intra_op_threads), ("warmup_runs", warmup_runs)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
@@ -156,9 +161,10 @@ class DetectorEngine:
     def thresholds(self) -> Thresholds:
         return self._thresholds
 
-    def set_thresholds(self, score_threshold: float, nms_threshold: float, max_detections: int) -> None:
+    def set_thresholds(self, score_threshold: float, nms_threshold: float, max_detections: int,
+                       class_agnostic_nms: bool = False) -> None:
         """Change post-processing live; ConfigError (and no change) if a value is out of range."""
-        self._thresholds = Thresholds(score_threshold, nms_threshold, max_detections)
+        self._thresholds = Thresholds(score_threshold, nms_threshold, max_detections, class_agnostic_nms)
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Raw session outputs (``info.output_names`` order) for a float32 ``[N,3,H,W]`` input batch.
@@ -198,7 +204,7 @@ class DetectorEngine:
         results = []
         for image, transform, image_boxes, image_scores in zip(images, transforms, boxes, scores):
             selected = select_detections(image_boxes, image_scores, thresholds.score, thresholds.nms,
-                                         thresholds.max_detections)
+                                         thresholds.max_detections, class_agnostic=thresholds.class_agnostic)
             original = transform.to_original(selected.boxes, image.shape[:2])
             results.append(Detections(original.astype(np.float32), selected.scores, selected.labels))
         done = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Post-processing of native model outputs: score filter, class-aware NMS, top-k (numpy + OpenCV)."""
+"""Post-processing of native model outputs: score filter, class-aware or class-agnostic NMS, top-k (numpy + OpenCV)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,14 @@ class Detections:
 
 
 def select_detections(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, nms_threshold: float,
-                      max_detections: int, pre_nms_top_k: int = 1000) -> Detections:
-    """Class-aware NMS of one image. boxes [K,4] xyxy, scores [K,C] per-class probabilities.
+                      max_detections: int, pre_nms_top_k: int = 1000, class_agnostic: bool = False) -> Detections:
+    """NMS of one image. boxes [K,4] xyxy, scores [K,C] per-class probabilities.
 
     Every (cell, class) pair above the threshold is a candidate, so one cell can give boxes of
     several classes (what mAP evaluation expects); only the best `pre_nms_top_k` go to NMS.
+    Class-aware (default): a box only suppresses boxes of its own class. ``class_agnostic``: any
+    higher-scoring box suppresses it, whatever the classes (YOLOX's and Ultralytics' ``agnostic``
+    option), so overlapping boxes of different classes keep only the best one.
     """
     cells, classes = np.nonzero(scores > score_threshold)
     candidate_scores = scores[cells, classes]
@@ -35,7 +38,8 @@ def select_detections(boxes: np.ndarray, scores: np.ndarray, score_threshold: fl
     candidate_boxes = boxes[cells].astype(np.float32)
     xywh = candidate_boxes.copy()
     xywh[:, 2:] -= xywh[:, :2]
-    keep = class_aware_nms(xywh, candidate_scores.astype(np.float32), classes, score_threshold, nms_threshold)
+    nms_groups = np.zeros_like(classes) if class_agnostic else classes
+    keep = class_aware_nms(xywh, candidate_scores.astype(np.float32), nms_groups, score_threshold, nms_threshold)
     keep = keep[np.argsort(-candidate_scores[keep], kind="stable")][:max_detections]
     return Detections(candidate_boxes[keep], candidate_scores[keep].astype(np.float32), classes[keep].astype(np.int64))
 
