@@ -59,17 +59,17 @@ def load_run(folder: Path) -> PruningRun:
     try:
         history = json.loads(history_path.read_text())
         settings = history["config"]["prune"]
-        budget = None
+        budget, latency = None, history.get("latency")
         if "steps" in history:
             steps = history["steps"]
         else:   # accuracy-budget run (pruning/budget.py): the dense model and the candidates tried
             steps = budget_steps(history)
-            budget = float(settings["budget"])
+            budget, latency = float(settings["budget"]), None   # its "latency" is how candidates were timed
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{history_path} is not a history.json of `prune` ({type(exc).__name__}: {exc})") from None
     arch = load_checkpoint(folder / "pruned.pt").model.arch
     dense = default_arch(arch["size"], arch["num_classes"], arch["act"])["widths"]
-    return PruningRun(folder.name, steps, settings, arch["widths"], dense, history.get("latency"), budget)
+    return PruningRun(folder.name, steps, settings, arch["widths"], dense, latency, budget)
 
 
 def budget_steps(history: dict) -> list[dict]:

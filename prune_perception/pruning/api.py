@@ -21,7 +21,7 @@ from pathlib import Path
 from prune_perception.config import ExternalPruneConfig, PruneConfig
 from prune_perception.errors import ConfigError
 from prune_perception.pruning.budget import run_budget_pruning, validate_budget_settings
-from prune_perception.pruning.ddp_finetune import run_on_ranks
+from prune_perception.pruning.ddp_finetune import check_distributable, run_on_ranks
 from prune_perception.pruning.elastic import validate_elastic
 from prune_perception.pruning.history import PruneResult
 from prune_perception.pruning.latency_budget import run_latency_pruning, validate_latency_settings
@@ -45,6 +45,8 @@ def prune_mode(config: PruneConfig) -> str:
 def validate_prune_config(config: PruneConfig, fan_out: FanOutSettings | None = None) -> str:
     """Every check of a pruning run before anything is loaded; returns its mode. Raises ConfigError."""
     settings = config.prune
+    if env_context().is_distributed:
+        check_distributable(config)   # first: under torchrun that is the error that matters
     validate_distill_settings(config.distill)
     check_granularity(settings.granularity, settings.method)
     if resolve_schedule(settings) == "elastic":
