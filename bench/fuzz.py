@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from prune_perception import ros_env
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))     # node_bench: environment and model helpers
 
@@ -44,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="ONNX model (default: a random-initialised nano detector, exported)")
     parser.add_argument("--case-timeout", type=float, default=30.0, help="seconds before a case counts as a hang")
     parser.add_argument("--output", "-o", default="runs/fuzz")
-    parser.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID") or os.getpid() % 101 + 1))
+    parser.add_argument("--domain-id", type=int, default=ros_env.domain_id())
     args = parser.parse_args(argv)
     unknown = set(args.targets.split(",")) - set(TARGETS)
     if unknown or args.count < 1:

@@ -667,6 +667,10 @@ def param_strategy(paths: list[str]):
 
 PARAM_TYPES = {"not_set": 0, "bool": 1, "int": 2, "double": 3, "string": 4, "bytes": 5, "bool_array": 6,
                "int_array": 7, "double_array": 8, "string_array": 9}
+PARAM_VALUE_FIELDS = {"bool": "bool_value", "int": "integer_value", "double": "double_value", "string": "string_value",
+                      "bool_array": "bool_array_value", "int_array": "integer_array_value",
+                      "double_array": "double_array_value", "string_array": "string_array_value"}
+"""The ParameterValue field that carries each kind's payload (bytes are converted, see parameter_msg)."""
 
 
 def parameter_msg(name: str, value):
@@ -681,24 +685,10 @@ def parameter_msg(name: str, value):
     else:
         msg.type = PARAM_TYPES[kind]
         payload = value[1] if len(value) > 1 else None
-        if kind == "bool":
-            msg.bool_value = payload
-        elif kind == "int":
-            msg.integer_value = payload
-        elif kind == "double":
-            msg.double_value = payload
-        elif kind == "string":
-            msg.string_value = payload
-        elif kind == "bytes":
+        if kind == "bytes":
             msg.byte_array_value = [bytes([b]) for b in payload]
-        elif kind == "bool_array":
-            msg.bool_array_value = payload
-        elif kind == "int_array":
-            msg.integer_array_value = payload
-        elif kind == "double_array":
-            msg.double_array_value = payload
-        elif kind == "string_array":
-            msg.string_array_value = payload
+        elif kind in PARAM_VALUE_FIELDS:
+            setattr(msg, PARAM_VALUE_FIELDS[kind], payload)
     return ParameterMsg(name=name, value=msg)
 
 

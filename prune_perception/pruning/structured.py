@@ -70,9 +70,7 @@ def aligned_width(channels: int, ratio: float, block: int, max_layer_ratio: floa
     if ratio <= 0 or channels < 2 * block:
         return min(channels, kept)
     floor = max(1, int(channels * (1 - max_layer_ratio)))
-    width = max(block, int(kept / block + 0.5) * block)
-    while width < floor:
-        width += block
+    width = max(block, int(kept / block + 0.5) * block, -(-floor // block) * block)   # the last: first block >= floor
     return min(channels, width)
 
 
