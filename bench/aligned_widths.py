@@ -1,8 +1,10 @@
 """Benchmark: plain ratio pruning with and without hardware-aligned widths (MACs, measured latency, mAP50).
 
-For each ratio (default 0.3 / 0.4 / 0.5) the dense checkpoint is pruned twice with the same method and
-the same fine-tuning: once with widths aligned to the CPU's vector block (the default, `round_to:
-null`) and once without (`round_to: 1`). The dense model gets the same fine-tuning too (ratio 0):
+For each ratio (default 0.3 / 0.4 / 0.5) the dense checkpoint is pruned once per --variants entry with the
+same method and the same fine-tuning: by default with widths aligned to the CPU's vector block (the
+default, `round_to: null`) and without (`round_to: 1`), distillation as configured (`distill.enabled:
+auto`: on when a run removes >= half the MACs); `aligned_kd` / `aligned_no_kd` force distillation on /
+off to measure what it buys. The dense model gets the same fine-tuning too (ratio 0):
 mAP50 losses are taken against it, so an under-trained dense model that keeps improving while
 fine-tuning does not make pruning look free. Then the dense model and every pruned one are exported the way
 `export` does it and timed together round-robin through the runtime engine (the node's inference
@@ -30,7 +32,18 @@ from prune_perception.models.detector import model_widths
 from prune_perception.pruning.latency_model import MeasureSettings, time_detectors, vector_block
 from prune_perception.pruning import prune
 
-VARIANTS = {"aligned": "null", "unaligned": "1"}   # prune.round_to
+VARIANTS = {   # name -> overrides: widths aligned (round_to null) or not (1); distillation as configured (auto) or forced
+    "aligned": ["prune.round_to=null"],
+    "unaligned": ["prune.round_to=1"],
+    "aligned_kd": ["prune.round_to=null", "distill.enabled=true"],
+    "aligned_no_kd": ["prune.round_to=null", "distill.enabled=false"],
+}
+
+
+def distilled(run_dir: Path) -> bool:
+    """Whether a run's fine-tuning distilled from the dense model (its epochs record a distillation loss)."""
+    return any(epoch.get("loss_distill", 0) > 0 for history in run_dir.glob("finetune_step*/history.json")
+               for epoch in json.loads(history.read_text()))
 
 
 def prune_all(args: argparse.Namespace, output: Path) -> dict[str, dict]:
@@ -39,12 +52,12 @@ def prune_all(args: argparse.Namespace, output: Path) -> dict[str, dict]:
     shared = [f"checkpoint={args.checkpoint}", f"data.train={args.data}", f"data.val={args.data}",
               f"prune.method={args.method}", f"finetune.epochs={args.epochs}", f"prune.latency_threads={args.threads}"]
     runs = {}
-    plan = [("dense_finetuned", 0.0, "dense", "null")] + [
-        (f"{variant}_{ratio:g}", ratio, variant, round_to) for ratio in args.ratios
-        for variant, round_to in VARIANTS.items()]
-    for name, ratio, variant, round_to in plan:
-        config = load_config(PruneConfig, None, shared + [f"prune.ratio={ratio}", f"prune.round_to={round_to}",
-                                                          f"output={output / name}"])
+    plan = [("dense_finetuned", 0.0, "dense", [])] + [
+        (f"{variant}_{ratio:g}", ratio, variant, VARIANTS[variant]) for ratio in args.ratios
+        for variant in args.variants]
+    for name, ratio, variant, overrides in plan:
+        config = load_config(PruneConfig, None, shared + overrides + [f"prune.ratio={ratio}",
+                                                                      f"output={output / name}"])
         started = time.monotonic()
         result = prune(config, progress=False)
         path, history = result.path, result.history
@@ -54,6 +67,8 @@ def prune_all(args: argparse.Namespace, output: Path) -> dict[str, dict]:
                       "mAP50_pruned": round(final.mAP50_pruned, 4), "mAP50": round(final.mAP50, 4),
                       "drop_points": round(100 * (runs.get("dense_finetuned", {}).get("mAP50", final.mAP50)
                                                   - final.mAP50), 2),
+                      "drop_points_vs_dense": round(100 * (dense.mAP50 - final.mAP50), 2),
+                      "distilled": distilled(output / name),
                       "widths": model_widths(load_checkpoint(path).model),
                       "seconds": round(time.monotonic() - started, 1)}
         print(f"{name}: MACs {final.macs / 1e6:.0f}M, mAP50 {final.mAP50:.3f} "
@@ -69,12 +84,15 @@ def summary_markdown(runs: dict[str, dict], dense_ms: dict, settings: MeasureSet
              f"{settings.warmup} warm-up + {settings.runs} timed runs each, all models round-robin. "
              f"Dense: {any_run['dense_macs'] / 1e6:.0f} M MACs, p50 {dense_ms['p50']:.2f} ms "
              f"(p90 {dense_ms['p90']:.2f}, p99 {dense_ms['p99']:.2f}), mAP50 {any_run['dense_mAP50']:.3f}.", "",
-             "| run | MACs (M) | MACs cut | p50 (ms) | p90 | p99 | speed-up | mAP50 | Δ points |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Δ points: against the dense model fine-tuned alike (the budget's reference) / against the dense "
+             "model as trained. KD: fine-tuning distilled from the dense model.", "",
+             "| run | KD | MACs (M) | MACs cut | p50 (ms) | p90 | p99 | speed-up | mAP50 | Δ points | Δ vs dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
-        lines.append(f"| {name} | {r['macs'] / 1e6:.0f} | {1 - r['macs'] / r['dense_macs']:.0%} | {r['p50_ms']:.2f} | "
-                     f"{r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['speedup']:.2f}x | {r['mAP50']:.3f} | "
-                     f"{-r['drop_points']:+.2f} |")
+        lines.append(f"| {name} | {'yes' if r['distilled'] else 'no'} | {r['macs'] / 1e6:.0f} | "
+                     f"{1 - r['macs'] / r['dense_macs']:.0%} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {r['speedup']:.2f}x | {r['mAP50']:.3f} | {-r['drop_points']:+.2f} | "
+                     f"{-r['drop_points_vs_dense']:+.2f} |")
     lines.append("")
     lines.append(f"Best within {budget:g} mAP50 point(s): " + (
         f"**{best}**, {runs[best]['speedup']:.2f}x ({runs[best]['p50_ms']:.2f} ms p50, {-runs[best]['drop_points']:+.2f}"
@@ -87,6 +105,9 @@ def main() -> int:
     parser.add_argument("--checkpoint", required=True, help="dense checkpoint (train's best.pt)")
     parser.add_argument("--data", required=True, help="dataset (train + val splits) of the checkpoint")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.4, 0.5])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["aligned", "unaligned"],
+                        help="runs per ratio: aligned / unaligned widths (distillation as configured: auto), aligned "
+                             "with distillation forced on (aligned_kd) or off (aligned_no_kd)")
     parser.add_argument("--method", default="l1")
     parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs of every run")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (node default 1)")

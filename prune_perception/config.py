@@ -113,7 +113,7 @@ class PruneSettings:
                                        # widths rounded to the nearest multiple of latency_device's vector block
     taylor_batches: int = 8            # batches of detection-loss gradients for `taylor`
     budget: float | None = None        # accuracy budget (mAP50 points): largest ratio whose drop stays within it
-    budget_search: str = "steps"       # steps: try budget_ratios in order | bisect: between 0 and `ratio`
+    budget_search: str = "steps"       # steps: budget_ratios ascending | descending | bisect: between 0 and `ratio`
     budget_ratios: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     budget_tolerance: float = 0.05     # bisect stops when the ratio interval is this narrow
     schedule: str = "oneshot"          # oneshot | iterative (iterative_steps >= 2) | elastic (pruning/elastic.py)
@@ -132,7 +132,8 @@ class PruneSettings:
 class DistillSettings:
     """Knowledge distillation from the dense checkpoint while fine-tuning (see training/distillation.py)."""
 
-    enabled: bool = False
+    enabled: bool | str = "auto"       # true | false | auto: on when pruning cuts >= auto_min_macs_cut of the MACs
+    auto_min_macs_cut: float = 0.5     # share of the dense MACs removed from which `auto` distils
     mode: str = "logit"                # logit | feature | both
     weight: float = 1.0
     temperature: float = 1.0
@@ -162,6 +163,7 @@ class ExternalModelSettings:
     input_size: list[int] | None = None           # [H, W]; required when the model's H/W are dynamic
     input_color_order: str | None = None          # RGB | BGR: override the format's default
     input_scale: float | None = None              # pixel scale before mean/std, e.g. 1/255 or 1.0
+    class_names: list[str] | None = None          # the model's classes in output order, when its ONNX names none
     keep_layers: list[str] = field(default_factory=list)   # module names never pruned (besides output layers)
     images: list[str] = field(default_factory=list)        # image folders, video files, rosbag2 bags
     frame_stride: int = 1              # keep every N-th frame of each source

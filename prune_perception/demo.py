@@ -32,7 +32,7 @@ DEFAULT_OUTPUT = "runs/demo"
 DEFAULT_NUM_IMAGES = 1000
 DEFAULT_BUDGET = 3.0                    # mAP50 points the pruned model may lose
 DEFAULT_RATIOS = (0.3, 0.4, 0.5)        # candidate pruning ratios (widths aligned to the CPU's vector block)
-DEFAULT_FINETUNE_EPOCHS = 6             # per candidate
+DEFAULT_FINETUNE_EPOCHS = 12            # per candidate (hard cuts distil from the dense model: distill.enabled auto)
 BENCH_RUNS = 300                        # round-robin inference timings of the four models (node's thread setting)
 INT8_CALIBRATION_IMAGES = 64            # training images that calibrate the INT8 copies
 DEFAULT_FPS = 10.0                      # evaluation bag frame rate
@@ -67,7 +67,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET, metavar="POINTS",
                         help=f"largest mAP50 drop the pruned model may have (default {DEFAULT_BUDGET:g} points)")
     parser.add_argument("--ratios", type=float, nargs="+", default=list(DEFAULT_RATIOS), metavar="RATIO",
-                        help="candidate pruning ratios, tried in ascending order until one is over budget; the "
+                        help="candidate pruning ratios, tried from the largest down until one is within budget; the "
                              "fastest within budget (measured) is kept "
                              f"(default {' '.join(f'{r:g}' for r in DEFAULT_RATIOS)})")
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="replay speed (default 1 = real time)")
@@ -150,7 +150,7 @@ def _prune(data_dir: Path, dense: Path, prune_dir: Path, budget: float, ratios: 
     from prune_perception.config import PruneConfig, load_config, to_dict
 
     overrides = [f"checkpoint={dense}", f"data.train={data_dir}", f"data.val={data_dir}", f"output={prune_dir}",
-                 f"prune.budget={float(budget)}", "prune.budget_search=steps",
+                 f"prune.budget={float(budget)}", "prune.budget_search=descending",
                  f"prune.budget_ratios=[{', '.join(str(float(r)) for r in ratios)}]",
                  f"prune.latency_threads={node_threads()}", f"finetune.epochs={finetune_epochs}"]
     config = load_config(PruneConfig, None, overrides)  # defaults = config/prune_synth.yaml
@@ -162,9 +162,11 @@ def _prune(data_dir: Path, dense: Path, prune_dir: Path, budget: float, ratios: 
     from prune_perception.pruning import prune
 
     done.unlink(missing_ok=True)
-    print(f"budget {budget:g} mAP50 points; candidate ratios {', '.join(f'{r:g}' for r in sorted(ratios))} "
-          f"(ascending, stops at the first over budget; widths aligned to the CPU's vector block); "
-          f"{finetune_epochs} fine-tuning epochs each; the fastest within budget is kept")
+    print(f"budget {budget:g} mAP50 points; candidate ratios "
+          f"{', '.join(f'{r:g}' for r in sorted(ratios, reverse=True))} (from the largest down, stops at the first "
+          f"within budget; widths aligned to the CPU's vector block); {finetune_epochs} fine-tuning epochs each, "
+          f"distilled from the dense model when a candidate removes >= {config.distill.auto_min_macs_cut:.0%} of its "
+          f"MACs; the fastest within budget is kept")
     result = prune(config, progress=progress)
     path, candidates, ratio = result.path, result.candidates, result.chosen_ratio
     history = json.loads((prune_dir / "history.json").read_text())

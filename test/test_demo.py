@@ -47,7 +47,7 @@ def test_demo_times_with_the_thread_setting_of_the_shipped_node_config():
 def test_demo_options_and_defaults():
     args = build_parser().parse_args(["demo"])
     assert (args.output, args.num_images, args.epochs, args.finetune_epochs, args.budget, args.ratios, args.rate) == (
-        "runs/demo", 1000, None, 6, 3.0, [0.3, 0.4, 0.5], 1.0)
+        "runs/demo", 1000, None, 12, 3.0, [0.3, 0.4, 0.5], 1.0)
     args = build_parser().parse_args(["demo", "--image-size", "320x192", "--input-size", "192x128"])
     assert (args.image_size, args.input_size) == ((320, 192), (192, 128))
     with pytest.raises(SystemExit):

@@ -317,6 +317,29 @@ def test_labeled_map_is_reported_when_a_labeled_set_is_given(models, frames_dir,
     assert steps[-1].labeled_mAP50 == evaluate_onnx(tmp_path / "run" / "pruned.onnx", str(labels))[0].map50
 
 
+def test_a_model_without_class_names_is_scored_on_labels_with_the_names_given(models, frames_dir, tmp_path):
+    """A YOLOX export names no classes (the engine calls them class_0, ...): scoring it on a labeled set whose
+    categories are named needs `external.class_names`; without them the run stops with an error naming the class."""
+    from prune_perception.errors import DatasetError
+
+    names = [f"kind{i}" for i in range(len(DetectorEngine(models["yolox"], warmup_runs=0).info.classes))]
+    path = sorted(frames_dir.glob("*.png"))[0]
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": str(path), "width": 144, "height": 96}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 30], "iscrowd": 0,
+                         "area": 1200}],
+        "categories": [{"id": i + 1, "name": name} for i, name in enumerate(names)]}))
+    config = _config(models["yolox"], frames_dir, tmp_path / "run")
+    config.finetune.epochs = 0
+    config.external.labeled_data = str(labels)
+    with pytest.raises(DatasetError, match="kind0"):
+        prune_external(config, progress=False)
+    config.external.class_names = names
+    _, steps = prune_external(config, progress=False)
+    assert steps[0].labeled_mAP50 is not None and steps[-1].labeled_mAP50 is not None
+
+
 def test_imported_model_formats_are_the_runtimes_plus_raw():
     from prune_perception.pruning.choices import IMPORTED_MODEL_FORMATS, RAW_OUTPUT_FORMAT
     from prune_perception.runtime.model_metadata import MODEL_FORMATS

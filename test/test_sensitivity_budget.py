@@ -89,6 +89,16 @@ def test_steps_search_stops_at_first_ratio_over_budget():
     assert [t.within_budget for t in trials] == [True, True, False]
 
 
+def test_descending_search_stops_at_the_first_ratio_within_budget_from_the_largest_down():
+    evaluate, asked = stub_evaluation(lambda r: 0.80 - 0.04 * r)   # drop = 4 points x ratio
+    trials, best = search_budget(evaluate, 0.80, budget=1.5, search="descending", ratios=[0.2, 0.6, 0.3, 0.5])
+    assert asked == [0.6, 0.5, 0.3]            # 0.6 and 0.5 drop 2.4 / 2.0 points; 0.3 (1.2) passes: stop there
+    assert best.ratio == 0.3 and [t.within_budget for t in trials] == [False, False, True]
+    evaluate, asked = stub_evaluation(lambda r: 0.80)
+    assert search_budget(evaluate, 0.80, budget=0.5, search="descending", ratios=[0.3, 0.5])[1].ratio == 0.5
+    assert asked == [0.5]                      # the hardest cut passed: nothing else is fine-tuned
+
+
 def test_bisect_converges_to_largest_ratio_within_budget():
     evaluate, asked = stub_evaluation(lambda r: 0.80 if r <= 0.37 else 0.70)   # within budget up to 0.37
     trials, best = search_budget(evaluate, 0.80, budget=1.5, search="bisect", max_ratio=0.8, tolerance=0.02)
@@ -111,7 +121,7 @@ def test_the_fastest_measured_candidate_within_budget_wins():
 
 def test_no_ratio_within_budget_keeps_nothing():
     evaluate, _ = stub_evaluation(lambda r: 0.5)
-    for search in ("steps", "bisect"):
+    for search in ("steps", "descending", "bisect"):
         trials, best = search_budget(evaluate, 0.8, budget=1.0, search=search, ratios=[0.2, 0.4], max_ratio=0.5)
         assert best is None and trials and not any(t.within_budget for t in trials)
 

@@ -17,7 +17,7 @@ from prune_perception.models.detector import Detector, model_widths
 from prune_perception.pruning.importance import make_importance
 from prune_perception.pruning import prune
 from prune_perception.pruning.structured import PruneSpec, StructuredPruner
-from prune_perception.training.distillation import NECK_OUTPUTS, Distiller
+from prune_perception.training.distillation import NECK_OUTPUTS, Distiller, distillation_teacher, distills
 from prune_perception.training.regularization import SparsityRegularizer
 from prune_perception.training.trainer import Trainer
 
@@ -131,3 +131,25 @@ def test_prune_run_with_distillation(tiny_synth, tmp_path):
     assert epochs[0]["loss_distill"] > 0 and epochs[0]["loss_sparsity"] == 0
     assert not any("adapter" in key for key in torch.load(path, weights_only=True)["state_dict"])
     assert load_checkpoint(path).model.num_classes == len(classes)
+
+
+def test_auto_distillation_is_on_only_when_pruning_hard_and_explicit_settings_win():
+    auto = DistillSettings()
+    assert auto.enabled == "auto" and auto.auto_min_macs_cut == 0.5
+    assert distills(auto, 0.63) and distills(auto, 0.5) and not distills(auto, 0.46)
+    assert distills(DistillSettings(enabled=True), 0.0) and not distills(DistillSettings(enabled=False), 0.9)
+    with pytest.raises(ConfigError, match="distill.enabled must be true, false or auto, got 'sometimes'"):
+        Distiller(*_teacher_and_pruned_student(), DistillSettings(enabled="sometimes"))
+    with pytest.raises(ConfigError, match="auto_min_macs_cut must be in"):
+        Distiller(*_teacher_and_pruned_student(), DistillSettings(auto_min_macs_cut=1.5))
+
+
+def test_auto_distillation_measures_the_cut_of_the_student_against_the_dense_checkpoint(tmp_path):
+    teacher, half = _teacher_and_pruned_student()   # ratio 0.5 of channels: about 75 % of the MACs removed
+    save_checkpoint(tmp_path / "dense.pt", teacher, ["a", "b", "c"], INPUT_HW)
+    light = copy.deepcopy(teacher)
+    StructuredPruner(light, INPUT_HW, make_importance("l1"), PruneSpec(ratio=0.1)).step()
+    assert distillation_teacher(tmp_path / "dense.pt", DistillSettings(), half, INPUT_HW) is not None
+    assert distillation_teacher(tmp_path / "dense.pt", DistillSettings(), light, INPUT_HW) is None
+    assert distillation_teacher(tmp_path / "dense.pt", DistillSettings(), light, INPUT_HW, macs_cut=0.7) is not None
+    assert distillation_teacher(tmp_path / "dense.pt", DistillSettings(enabled=False), half, INPUT_HW) is None

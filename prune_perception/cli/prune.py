@@ -47,7 +47,7 @@ def _cmd_prune(args: argparse.Namespace) -> None:
 
 def add_external_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --images, --frame-stride, --max-frames, --input-size, --model-format, --keep-layer, --distill-loss,
-    --labeled-data."""
+    --labeled-data, --class-names."""
     group = parser.add_argument_group("imported detectors (ONNX), fine-tuned without labels")
     group.add_argument("--model", metavar="DET.ONNX", help="an ONNX detector to prune (instead of --checkpoint)")
     group.add_argument("--images", nargs="+", metavar="DIR|VIDEO|BAG",
@@ -63,6 +63,9 @@ def add_external_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--distill-loss", metavar="TERMS", help="auto, or '+'-joined: output, pseudo, feature, raw")
     group.add_argument("--labeled-data", metavar="DATASET",
                        help="optional COCO/YOLO set: its labeled mAP (val split) is reported as well")
+    group.add_argument("--class-names", nargs="+", metavar="NAME",
+                       help="the model's classes in output order, when its ONNX names none (e.g. YOLOX exports): "
+                            "needed to score it on --labeled-data")
 
 
 def external_overrides(args: argparse.Namespace) -> list[str]:
@@ -71,7 +74,7 @@ def external_overrides(args: argparse.Namespace) -> list[str]:
               "external.frame_stride": args.frame_stride, "external.max_frames": args.max_frames,
               "external.input_size": args.input_size, "external.model_format": args.model_format,
               "external.keep_layers": args.keep_layer, "distill.loss": args.distill_loss,
-              "external.labeled_data": args.labeled_data}
+              "external.labeled_data": args.labeled_data, "external.class_names": args.class_names}
     return [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
 
 
@@ -111,7 +114,8 @@ def add_prune_parser(sub) -> None:
     prune.add_argument("--device", choices=LATENCY_DEVICES, help="with --latency-ms: where latency is measured")
     prune.add_argument("--threads", type=int, help="with --latency-ms: ONNX Runtime intra-op threads (0: default)")
     prune.add_argument("-o", "--output", help="output directory")
-    add_scale_out_options(prune, allow_failures=False, what="with --budget (steps search): the candidate ratios")
+    add_scale_out_options(prune, allow_failures=False,
+                          what="with --budget (steps or descending search): the candidate ratios")
     add_external_arguments(prune)
     prune.set_defaults(func=_cmd_prune)
 

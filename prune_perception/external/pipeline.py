@@ -168,7 +168,7 @@ def _labeled_map(model_path: Path, config: ExternalPruneConfig, layout: Detector
 
     result, _ = evaluate_onnx(model_path, ext.labeled_data, ext.labeled_split, model_format=layout.output_format,
                               input_size=ext.input_size, input_color_order=ext.input_color_order,
-                              input_scale=ext.input_scale)
+                              input_scale=ext.input_scale, class_names=ext.class_names)
     return result.map50, result.map50_95
 
 
@@ -178,7 +178,8 @@ def load_external(config: ExternalPruneConfig) -> tuple[ImportedOnnx, DetectorLa
     if not ext.model:
         raise ConfigError("no model given: set external.model (--model det.onnx)")
     imported = import_onnx(ext.model, ext.input_size)
-    overrides = ModelOverrides(input_color_order=ext.input_color_order, input_scale=ext.input_scale)
+    overrides = ModelOverrides(input_color_order=ext.input_color_order, input_scale=ext.input_scale,
+                               class_names=tuple(ext.class_names) if ext.class_names else None)
     layout = resolve_layout(imported.path, imported.input_hw, ext.model_format, overrides)
     frames = load_frames(ext.images, layout.preprocess, ext.frame_stride, ext.max_frames, ext.holdout_fraction)
     return imported, layout, frames

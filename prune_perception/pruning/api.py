@@ -21,6 +21,7 @@ from pathlib import Path
 from prune_perception.config import ExternalPruneConfig, PruneConfig
 from prune_perception.errors import ConfigError
 from prune_perception.pruning.budget import run_budget_pruning, validate_budget_settings
+from prune_perception.pruning.choices import LISTED_BUDGET_SEARCHES
 from prune_perception.pruning.ddp_finetune import check_distributable, run_on_ranks
 from prune_perception.pruning.elastic import validate_elastic
 from prune_perception.pruning.history import PruneResult
@@ -60,8 +61,8 @@ def validate_prune_config(config: PruneConfig, fan_out: FanOutSettings | None = 
         if mode != "budget":
             raise ConfigError("--scheduler / --workers fan out the candidates of an accuracy-budget search: they "
                               "need --budget (and no --latency-ms)")
-        if settings.budget_search != "steps":
-            raise ConfigError(f"only the steps budget search fans out its candidates (bisect is sequential): "
+        if settings.budget_search not in LISTED_BUDGET_SEARCHES:
+            raise ConfigError(f"only the steps and descending budget searches fan out their candidates (bisect is sequential): "
                               f"prune.budget_search is {settings.budget_search!r}")
         if env_context().is_distributed:
             raise ConfigError("--scheduler / --workers (Dask) and torchrun do not combine: use one of them")

@@ -22,7 +22,7 @@ from typing import Any
 from prune_perception.config import PruneConfig, PruneSettings, to_dict
 from prune_perception.errors import ConfigError
 from prune_perception.models.detector import Detector
-from prune_perception.pruning.choices import BUDGET_SEARCHES
+from prune_perception.pruning.choices import BUDGET_SEARCHES, LISTED_BUDGET_SEARCHES
 from prune_perception.pruning.dense import save_pruned, start_run
 from prune_perception.pruning.history import PruneResult, PruneStep
 from prune_perception.pruning.latency_model import RANKING_RUNS, MeasureSettings, time_detectors
@@ -74,9 +74,10 @@ def validate_budget_settings(settings: PruneSettings) -> None:
     if settings.budget_search not in BUDGET_SEARCHES:
         raise ConfigError(f"prune.budget_search must be one of {', '.join(BUDGET_SEARCHES)}, "
                           f"got {settings.budget_search!r}")
-    if settings.budget_search == "steps" and not settings.budget_ratios:
+    listed = settings.budget_search in LISTED_BUDGET_SEARCHES
+    if listed and not settings.budget_ratios:
         raise ConfigError("prune.budget_ratios is empty")
-    for ratio in settings.budget_ratios if settings.budget_search == "steps" else [settings.ratio]:
+    for ratio in settings.budget_ratios if listed else [settings.ratio]:
         if not 0.0 <= ratio < 1.0:
             raise ConfigError(f"budget search ratio must be in [0, 1), got {ratio}")
     if not 0.0 < settings.budget_tolerance < 1.0:
@@ -89,6 +90,8 @@ def search_budget(evaluate_candidate: Callable[[float], tuple[float, Any]], dens
     """Every trial in evaluation order, and the largest-ratio trial within `budget` (None when none is).
 
     steps: evaluate `ratios` in ascending order, stop at the first one over budget.
+    descending: evaluate `ratios` from the largest down, stop at the first one within budget (fewer
+    fine-tunings than `steps` when the hard cuts pass, which is what distillation and longer fine-tuning aim at).
     bisect: evaluate `max_ratio`; if over budget, halve the interval [within, over] (starting at
     [0, max_ratio]) until it is narrower than `tolerance`.
     """
@@ -103,6 +106,10 @@ def search_budget(evaluate_candidate: Callable[[float], tuple[float, Any]], dens
     if search == "steps":
         for ratio in sorted(ratios):
             if not trial(ratio).within_budget:
+                break
+    elif search == "descending":
+        for ratio in sorted(ratios, reverse=True):
+            if trial(ratio).within_budget:
                 break
     elif search == "bisect":
         within, over = 0.0, max_ratio
@@ -125,7 +132,7 @@ def run_budget_pruning(config: PruneConfig, progress: bool = True, fan_out: Call
 
     The result's `candidates` are BudgetCandidate rows, `chosen_ratio` None when the dense model was kept.
     `fan_out(config, dense_checkpoint, ratios) -> {ratio: (model, final PruneStep, seconds)}` evaluates the
-    candidates of a `steps` search elsewhere, all at once (scaleout/budget_candidates.py: DaskBudgetCandidates); the
+    candidates of a `steps` / `descending` search elsewhere, all at once (scaleout/budget_candidates.py: DaskBudgetCandidates); the
     search then runs over those results. Validation is `pruning.api.validate_prune_config`'s.
     """
     settings = config.prune

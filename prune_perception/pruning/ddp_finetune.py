@@ -20,11 +20,10 @@ from typing import Any, TypeVar
 
 from prune_perception.config import DistillSettings, PruneConfig, TrainConfig
 from prune_perception.errors import ConfigError
-from prune_perception.models.checkpoint import load_checkpoint
 from prune_perception.models.detector import Detector, model_widths
 from prune_perception.pruning.unstructured import WeightMasks, masked_convs
 from prune_perception.training import distributed
-from prune_perception.training.distillation import Distiller
+from prune_perception.training.distillation import Distiller, distillation_teacher
 from prune_perception.training.trainer import Trainer, TrainResult
 
 T = TypeVar("T")
@@ -92,7 +91,7 @@ def finetune_on_all_ranks(train_config: TrainConfig, model: Detector, config: Pr
                           masks: WeightMasks | None, progress: bool) -> TrainResult:
     """Rank 0: broadcast the job (pruned arch + weights, teacher, masks), then fine-tune with every rank."""
     global _in_job
-    teacher = load_checkpoint(Path(config.checkpoint)).model if config.distill.enabled else None
+    teacher = distillation_teacher(Path(config.checkpoint), config.distill, model, tuple(train_config.model.input_size))
     distributed.broadcast_object({
         "op": FINETUNE, "train_config": train_config, "arch": _arch(model), "state_dict": model.state_dict(),
         "distill": config.distill, "teacher": (_arch(teacher), teacher.state_dict()) if teacher is not None else None,

@@ -123,6 +123,14 @@ class ElasticTrainer(Trainer):
         return self.probe
 
 
+def selection_macs_cut(model: Detector, input_hw: tuple[int, int], method: str, spec: PruneSpec) -> float:
+    """Share of `model`'s MACs that removing the spec's first selection cuts (measured on a copy)."""
+    planned = copy.deepcopy(model)
+    zero_selection(planned, SoftSelector(planned, input_hw, make_importance(method), spec).select(), full=True)
+    remove_zeroed_channels(planned, input_hw)
+    return 1 - model_cost(planned, input_hw).macs / model_cost(model, input_hw).macs
+
+
 def elastic_prune(config: PruneConfig, model: Detector, input_hw: tuple[int, int], spec: PruneSpec,
                   evaluate: Callable[[Detector], MapResult], output: Path, progress: bool = True) -> PruneStep:
     """Soft-prune `model` while fine-tuning, then remove the final selection for real (in place).
@@ -135,7 +143,9 @@ def elastic_prune(config: PruneConfig, model: Detector, input_hw: tuple[int, int
     settings = config.prune
     soft_epochs = config.finetune.epochs - settings.elastic_hard_epochs
     trainer = ElasticTrainer(finetune_config(config, input_hw, output / "finetune_elastic", soft_epochs), model,
-                             input_hw, settings.method, spec, progress, make_distiller(config, model))
+                             input_hw, settings.method, spec, progress,
+                             make_distiller(config, model, input_hw,
+                                            selection_macs_cut(model, input_hw, settings.method, spec)))
     pruned_map = evaluate(trainer.eval_model)   # before any fine-tuning: the one-shot selection removed
     try:
         result = trainer.fit()

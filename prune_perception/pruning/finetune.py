@@ -11,7 +11,7 @@ from prune_perception.models.checkpoint import load_checkpoint
 from prune_perception.models.detector import Detector
 from prune_perception.pruning.unstructured import WeightMasks
 from prune_perception.training import distributed
-from prune_perception.training.distillation import Distiller
+from prune_perception.training.distillation import Distiller, distillation_teacher
 from prune_perception.training.trainer import Trainer
 
 
@@ -23,11 +23,11 @@ def finetune_config(config: PruneConfig, input_hw: tuple[int, int], output: Path
                        optim=optim, output=str(output))
 
 
-def make_distiller(config: PruneConfig, student: Detector) -> Distiller | None:
-    """Distillation from the dense checkpoint (the teacher) when `distill.enabled`."""
-    if not config.distill.enabled:
-        return None
-    return Distiller(load_checkpoint(Path(config.checkpoint)).model, student, config.distill)
+def make_distiller(config: PruneConfig, student: Detector, input_hw: tuple[int, int],
+                   macs_cut: float | None = None) -> Distiller | None:
+    """A Distiller from the dense checkpoint when `distill` says to distil this student (distillation_teacher)."""
+    teacher = distillation_teacher(Path(config.checkpoint), config.distill, student, input_hw, macs_cut)
+    return Distiller(teacher, student, config.distill) if teacher is not None else None
 
 
 def finetune(config: PruneConfig, model: Detector, input_hw: tuple[int, int], output: Path, progress: bool,
@@ -39,7 +39,7 @@ def finetune(config: PruneConfig, model: Detector, input_hw: tuple[int, int], ou
 
         result = finetune_on_all_ranks(train_config, model, config, masks, progress)
     else:
-        trainer = Trainer(train_config, model=model, progress=progress, distiller=make_distiller(config, model))
+        trainer = Trainer(train_config, model=model, progress=progress, distiller=make_distiller(config, model, input_hw))
         if masks is not None:
             masks.keep_applied(trainer.optimizer)
         result = trainer.fit()

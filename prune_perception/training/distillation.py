@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,8 @@ from torch import nn
 
 from prune_perception.config import DistillSettings
 from prune_perception.errors import ConfigError
+from prune_perception.models.checkpoint import load_checkpoint
+from prune_perception.models.cost import model_cost
 from prune_perception.models.detector import Detector, cell_centers, distances_to_boxes, model_widths
 from prune_perception.training.loss import EPS, LossWeights, giou
 
@@ -36,8 +39,36 @@ NECK_OUTPUTS = ("neck.td3", "neck.bu4", "neck.bu5")   # arch-spec names of the l
 BOX_MIN_TEACHER_SCORE = 0.3
 
 
+def distills(settings: DistillSettings, macs_cut: float) -> bool:
+    """Whether fine-tuning a student that removed `macs_cut` (0..1) of the teacher's MACs distils: `enabled`, or
+    with `auto` only when pruning hard (`macs_cut >= auto_min_macs_cut`; measured in the README)."""
+    if settings.enabled == "auto":
+        return macs_cut >= settings.auto_min_macs_cut
+    return bool(settings.enabled)
+
+
+def distillation_teacher(checkpoint: Path, settings: DistillSettings, student: Detector, input_hw: tuple[int, int],
+                         macs_cut: float | None = None) -> Detector | None:
+    """The dense `checkpoint` as the teacher when `settings` say to distil `student`, else None. `macs_cut`: the
+    share of the dense MACs the pruning removes (default: measured on `student` as it is)."""
+    if settings.enabled is False:
+        return None
+    teacher = load_checkpoint(checkpoint).model
+    if macs_cut is None:
+        macs_cut = 1 - model_cost(student, input_hw).macs / model_cost(teacher, input_hw).macs
+    if not distills(settings, macs_cut):
+        return None
+    print(f"fine-tuning distils from the dense model (pruning removes {macs_cut:.0%} of its MACs; "
+          f"distill.enabled {str(settings.enabled).lower()})", flush=True)
+    return teacher
+
+
 def validate_distill_settings(settings: DistillSettings) -> None:
     checks = [
+        (settings.enabled in (True, False, "auto"), f"distill.enabled must be true, false or auto, got "
+                                                     f"{settings.enabled!r}"),
+        (0 <= settings.auto_min_macs_cut <= 1, f"distill.auto_min_macs_cut must be in [0, 1], got "
+                                               f"{settings.auto_min_macs_cut}"),
         (settings.mode in DISTILL_MODES, f"distill.mode must be one of {DISTILL_MODES}, got {settings.mode!r}"),
         (settings.weight >= 0, f"distill.weight must be >= 0, got {settings.weight}"),
         (settings.temperature > 0, f"distill.temperature must be > 0, got {settings.temperature}"),
