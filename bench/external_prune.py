@@ -58,6 +58,7 @@ def prune_label_free(name: str, model: Path, model_format: str, args: argparse.N
     from prune_perception.pruning import prune
 
     overrides = [f"external.model={model}", f"external.model_format={model_format}", f"external.images=[{bag}]",
+                 f"external.class_names={json.dumps(args.class_names)}",
                  f"external.max_frames={args.max_frames}", f"external.labeled_data={args.data}",
                  "external.labeled_split=val", f"prune.ratio={args.ratio}", f"prune.method={args.method}",
                  f"finetune.epochs={args.epochs}", f"output={output / name}"]
@@ -100,15 +101,17 @@ def time_models(paths: list[Path], args: argparse.Namespace) -> list[dict]:
             for r in results]
 
 
-def replay_check(pruned: Path, model_format: str, bag: Path) -> dict:
-    """mAP50 of the pruned model replayed through the detector node at max-rate vs offline on the same bag."""
+def replay_check(pruned: Path, model_format: str, class_names: list[str], bag: Path) -> dict:
+    """mAP50 of the pruned model replayed through the detector node at max-rate vs offline on the same bag (the
+    dense model's model_format; the dataset's class names, which YOLOX exports do not carry)."""
     from prune_perception.evaluation.bag_eval import evaluate_bag_offline
     from prune_perception.ros.replay import ReplaySettings, replay_bag
 
-    options = {"model_format": model_format}
+    options = {"model_format": model_format, "class_names": class_names}
     replay = replay_bag(bag, pruned, ReplaySettings(rate=None, params=options, progress=False))
     offline = evaluate_bag_offline(bag, pruned, engine_options=options, progress=False)
-    return {"replay_mAP50": round(replay.map.map50, 4), "offline_mAP50": round(offline.map.map50, 4),
+    return {"replay_mAP50": round(replay.map.map50, 4) if replay.map else None,
+            "offline_mAP50": round(offline.map.map50, 4) if offline.map else None,
             "frames": replay.frames, "answered": replay.answered, "failed": replay.failed}
 
 
@@ -153,6 +156,16 @@ def targets_met(row: dict) -> bool:
             and 100 * (dense_map - pruned_map) <= TARGETS["labeled_drop_points"])
 
 
+def write_results(rows: dict[str, dict], args: argparse.Namespace) -> str:
+    """results.json and summary.md in --output; returns the Markdown."""
+    (args.output / "results.json").write_text(json.dumps({
+        "ratio": args.ratio, "method": args.method, "epochs": args.epochs, "threads": args.threads, "runs": args.runs,
+        "targets": TARGETS, "models": rows}, indent=2))
+    markdown = summary_markdown(rows, args)
+    (args.output / "summary.md").write_text(markdown)
+    return markdown
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="synthetic dataset (train + val splits)")
@@ -172,6 +185,9 @@ def main() -> int:
         parser.error("give at least one --model FILE.onnx:FORMAT or --native-checkpoint")
     args.output.mkdir(parents=True, exist_ok=True)
     try:
+        from prune_perception.data.dataset import load_dataset
+
+        args.class_names = list(load_dataset(args.data, "val").classes)   # the models' classes, in category order
         bag = split_bag(args.data, "train", args.output)
         models = {path.stem: (path, model_format) for path, model_format in args.model}
         if args.native_checkpoint is not None:
@@ -191,20 +207,15 @@ def main() -> int:
             row.update(p50_ms=[dense_ms["p50"], pruned_ms["p50"]], p99_ms=[dense_ms["p99"], pruned_ms["p99"]],
                        speedup=round(dense_ms["p50"] / pruned_ms["p50"], 3))
             row["targets_met"] = targets_met(row)
+        write_results(rows, args)   # before the replays: what was measured so far is kept whatever happens next
         if not args.no_replay:
             bag_val = split_bag(args.data, "val", args.output)
             for row in rows.values():
-                row["replay"] = replay_check(Path(row["pruned_onnx"]), row["format"], bag_val)
+                row["replay"] = replay_check(Path(row["pruned_onnx"]), row["format"], args.class_names, bag_val)
     except PrunePerceptionError as exc:
         print(f"external_prune: {exc}", file=sys.stderr)
         return 1
-    (args.output / "results.json").write_text(json.dumps({"ratio": args.ratio, "method": args.method,
-                                                           "epochs": args.epochs, "threads": args.threads,
-                                                           "runs": args.runs, "targets": TARGETS, "models": rows},
-                                                          indent=2))
-    markdown = summary_markdown(rows, args)
-    (args.output / "summary.md").write_text(markdown)
-    print(markdown)
+    print(write_results(rows, args))
     return 0
 
 

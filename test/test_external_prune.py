@@ -28,7 +28,7 @@ from prune_perception.external.graph_pruning import GraphPruner
 from prune_perception.external.layout import RAW_FORMAT, DetectorLayout
 from prune_perception.external.onnx_import import import_onnx, read_signature
 from prune_perception.external.onnx_writer import EXTERNAL_PRUNING_KEY
-from prune_perception.external.pipeline import load_external, prune_external, prune_module
+from prune_perception.external.pipeline import prune_external, prune_module, start_imported
 from prune_perception.models.cost import model_cost
 from prune_perception.pruning.importance import make_importance
 from prune_perception.pruning.structured import PruneSpec
@@ -137,10 +137,10 @@ def test_user_kept_layers_and_unknown_names(models):
 def test_distillation_loss_falls_and_agreement_rises(models, frames_dir):
     """A tiny run (yolox layout, default loss): after pruning, fine-tuning raises agreement with the dense model."""
     config = _config(models["yolox"], frames_dir, "unused")
-    imported, layout, frames = load_external(config)
+    run = start_imported(config, progress=False)
     tune = OptimConfig(epochs=3, batch_size=8, lr=0.001, patience=10, eval_interval=1)
-    _, result = prune_module(imported.module, imported.example_input(), layout, frames, config.prune, tune,
-                             progress=False)
+    _, result = prune_module(run.imported.module, run.imported.example_input(), run.layout, run.frames, config.prune,
+                             tune, progress=False)
     pruned = result.steps[-1]
     losses = [epoch["loss"] for epoch in pruned.finetune[1:]]
     assert losses[-1] < losses[0]
@@ -340,6 +340,36 @@ def test_a_model_without_class_names_is_scored_on_labels_with_the_names_given(mo
     assert steps[0].labeled_mAP50 is not None and steps[-1].labeled_mAP50 is not None
 
 
+def test_budget_search_on_an_imported_model_keeps_the_fastest_candidate_within_budget(models, frames_dir, tmp_path):
+    from prune_perception.pruning import prune
+
+    config = _config(models["yolov8"], frames_dir, tmp_path / "run", budget=100.0, budget_ratios=[0.2, 0.4],
+                     latency_runs=5)
+    result = prune(config, progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())["budget"]
+    assert [c.ratio for c in result.candidates] == [0.2, 0.4] and all(c.within_budget for c in result.candidates)
+    assert all(c.latency_p50_ms > 0 for c in result.candidates) and history["latency"]["dense_p50_ms"] > 0
+    chosen = next(c for c in result.candidates if c.ratio == result.chosen_ratio)
+    assert (tmp_path / "run" / "pruned.onnx").read_bytes() == open(chosen.path, "rb").read()
+    assert result.history[-1].macs == chosen.macs < result.history[0].macs and not result.kept_dense
+    assert "## Accuracy budget: 100 points of agreement mAP50" in (tmp_path / "run" / "summary.md").read_text()
+    assert DetectorEngine(result.path, warmup_runs=0).info.output_format == "yolov8"
+
+
+def test_budget_search_keeps_the_dense_model_when_no_candidate_agrees_enough(models, frames_dir, tmp_path):
+    from prune_perception.pruning import prune
+
+    config = _config(models["yolov8"], frames_dir, tmp_path / "run", budget=0.0, budget_ratios=[0.5],
+                     budget_search="descending", latency_runs=5)
+    config.finetune.epochs = 0
+    result = prune(config, progress=False)
+    assert result.kept_dense and result.chosen_ratio is None and len(result.history) == 1
+    assert (tmp_path / "run" / "pruned.onnx").read_bytes() == models["yolov8"].read_bytes()
+    assert "none of 1 candidate(s) within budget" in result.summary[-1]
+    with pytest.raises(ConfigError, match="decodable output layout"):
+        prune(_config(models["unknown"], frames_dir, tmp_path / "raw", budget=1.0), progress=False)
+
+
 def test_imported_model_formats_are_the_runtimes_plus_raw():
     from prune_perception.pruning.choices import IMPORTED_MODEL_FORMATS, RAW_OUTPUT_FORMAT
     from prune_perception.runtime.model_metadata import MODEL_FORMATS
@@ -357,7 +387,9 @@ def test_prune_command_on_an_onnx_detector(models, frames_dir, tmp_path, capsys)
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and (out / "pruned.onnx").is_file() and (out / "history.json").is_file()
     assert lines[0].startswith(f"pruned ONNX: {out / 'pruned.onnx'}") and "agreement with the dense model" in lines[1]
-    for extra, message in ((["--checkpoint", "x.pt"], "exclude each other"), (["--budget", "2"], "one --ratio"),
+    assert main(["report", str(out), "-o", str(tmp_path / "report"), "-q"]) == 0   # the HTML report reads it too
+    assert "agreement mAP50" in (tmp_path / "report" / "report.html").read_text()
+    for extra, message in ((["--checkpoint", "x.pt"], "exclude each other"), (["--latency-ms", "2"], "--latency-ms"),
                            (["--schedule", "elastic"], "elastic")):
         code = main(["prune", "--model", str(models["yolox"]), "--images", str(frames_dir), "-o", str(out), *extra])
         err = capsys.readouterr().err.strip()

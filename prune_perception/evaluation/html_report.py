@@ -32,7 +32,7 @@ class PruningRun:
     name: str
     steps: list[dict]            # history.json rows, step 0 = the dense model
     settings: dict               # the run's `prune:` config section
-    widths: dict[str, int]       # pruned widths per arch-spec layer
+    widths: dict[str, int]       # pruned widths per arch-spec layer (empty for an imported model's run)
     dense_widths: dict[str, int]
     latency: dict | None = None  # latency-budget runs: target, device, measured p50/p99 (history.json "latency")
     budget: float | None = None  # accuracy-budget runs: the budget in mAP50 points
@@ -60,6 +60,8 @@ def load_run(folder: Path) -> PruningRun:
         history = json.loads(history_path.read_text())
         settings = history["config"]["prune"]
         budget, latency = None, history.get("latency")
+        if history.get("score") == "agreement":   # an imported ONNX model (external/): agreement mAP, no arch
+            return imported_run(folder, history, settings)
         if "steps" in history:
             steps = history["steps"]
         else:   # accuracy-budget run (pruning/budget.py): the dense model and the candidates tried
@@ -70,6 +72,17 @@ def load_run(folder: Path) -> PruningRun:
     arch = load_checkpoint(folder / "pruned.pt").model.arch
     dense = default_arch(arch["size"], arch["num_classes"], arch["act"])["widths"]
     return PruningRun(folder.name, steps, settings, arch["widths"], dense, latency, budget)
+
+
+def imported_run(folder: Path, history: dict, settings: dict) -> PruningRun:
+    """An imported model's run (pruned.onnx): its steps score agreement mAP50 with the dense model (there is no
+    arch-spec, so no widths); a raw layout has no mAP to report."""
+    steps = history["steps"]
+    if any(step["mAP50"] is None for step in steps):
+        raise ConfigError(f"{folder}: an imported model with a raw output layout has no mAP to report "
+                          "(history.json lists its raw-output error)")
+    budget = history.get("budget", {}).get("points")
+    return PruningRun(folder.name, steps, settings, {}, {}, None, float(budget) if budget is not None else None)
 
 
 def budget_steps(history: dict) -> list[dict]:
@@ -241,9 +254,13 @@ def write_pruning_report(runs: list[Path], output: Path, sensitivity: Path | Non
         dense, points = load_sensitivity(Path(sensitivity))
         figures.append(("Sensitivity", sensitivity_plot(dense, points, output / "sensitivity.png"),
                         "Each layer group pruned alone at several ratios, no fine-tuning."))
-    figures.append(("Kept channels per layer", widths_plot(loaded, output / "widths.png"),
-                    "Dense width against the width each run kept, per arch-spec layer."))
+    if all(run.widths for run in loaded):
+        figures.append(("Kept channels per layer", widths_plot(loaded, output / "widths.png"),
+                        "Dense width against the width each run kept, per arch-spec layer."))
     intro = "Final step of each run; MACs cut and Δ mAP50 against the run's own dense model."
+    if not all(run.widths for run in loaded):
+        intro += (" Imported models' runs (ONNX) score agreement mAP50 with their dense model on held-out frames, "
+                  "not labeled mAP50.")
     return write_report_pages(output, "report", "Pruning report", intro, [(header, rows)], figures)
 
 

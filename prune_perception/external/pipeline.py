@@ -12,6 +12,7 @@ the original's IO signature and metadata, and write ``history.json`` and ``summa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -78,9 +79,9 @@ def check_supported(settings: PruneSettings) -> str:
     schedule = resolve_schedule(settings)
     if schedule == "elastic":
         raise ConfigError("the elastic schedule is not available for imported models; use oneshot or iterative")
-    if settings.budget is not None or settings.latency_ms is not None:
-        raise ConfigError("imported models are pruned at one --ratio (one-shot or iterative): the accuracy-budget "
-                          "(--budget) and latency (--latency-ms) searches do not take them yet")
+    if settings.latency_ms is not None:
+        raise ConfigError("the latency-target search (--latency-ms) does not take imported models yet: use --budget "
+                          "(the fastest measured candidate ratio within an accuracy budget) or one --ratio")
     return schedule
 
 
@@ -115,7 +116,7 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
     check_supported(settings)
     terms = parse_terms(distill.loss, layout.decodable)
     teacher = model.eval()
-    student = copy.deepcopy(teacher)
+    student = copy.deepcopy(teacher).requires_grad_(True)   # the teacher is frozen once distillation has used it
     input_hw = tuple(example_input.shape[-2:])
     spec = prune_spec(settings)
     pruner = GraphPruner(student, example_input, make_importance(settings.method), spec, keep_layers)
@@ -157,7 +158,7 @@ def _row(step: int, ratio: float, cost, pruned: Agreement, tuned: Agreement, sec
                              tuned.mAP50_95, round(seconds, 2), pruned.raw_error, tuned.raw_error, finetune=finetune)
 
 
-def _labeled_map(model_path: Path, config: ExternalPruneConfig, layout: DetectorLayout) -> tuple[float, float] | None:
+def labeled_map(model_path: Path, config: ExternalPruneConfig, layout: DetectorLayout) -> tuple[float, float] | None:
     """(mAP50, mAP50-95) of an ONNX file on the labeled set through the runtime engine; None without one."""
     ext = config.external
     if ext.labeled_data is None:
@@ -172,8 +173,30 @@ def _labeled_map(model_path: Path, config: ExternalPruneConfig, layout: Detector
     return result.map50, result.map50_95
 
 
-def load_external(config: ExternalPruneConfig) -> tuple[ImportedOnnx, DetectorLayout, UnlabeledFrames]:
-    """Import the model, read its layout and its unlabeled frames (every bad input is a one-line error)."""
+@dataclass
+class ImportedRun:
+    """An imported model ready to prune: the ONNX import, its layout, its frames and its labeled scores."""
+
+    config: ExternalPruneConfig
+    imported: ImportedOnnx
+    layout: DetectorLayout
+    frames: UnlabeledFrames
+    dense_labeled: tuple[float, float] | None
+    schedule: str
+    started: float
+
+    @property
+    def output(self) -> Path:
+        return Path(self.config.output)
+
+
+def start_imported(config: ExternalPruneConfig, progress: bool = True) -> ImportedRun:
+    """Check the config, import the model, read its frames, score it on the labeled set (every bad input is a
+    one-line error before any pruning)."""
+    started = time.monotonic()
+    schedule = check_supported(config.prune)
+    parse_terms(config.distill.loss, True)
+    Path(config.output).mkdir(parents=True, exist_ok=True)
     ext = config.external
     if not ext.model:
         raise ConfigError("no model given: set external.model (--model det.onnx)")
@@ -182,42 +205,53 @@ def load_external(config: ExternalPruneConfig) -> tuple[ImportedOnnx, DetectorLa
                                class_names=tuple(ext.class_names) if ext.class_names else None)
     layout = resolve_layout(imported.path, imported.input_hw, ext.model_format, overrides)
     frames = load_frames(ext.images, layout.preprocess, ext.frame_stride, ext.max_frames, ext.holdout_fraction)
-    return imported, layout, frames
+    if progress and layout.note:
+        tqdm.write(f"prune: {layout.note}")
+    return ImportedRun(config, imported, layout, frames, labeled_map(imported.path, config, layout), schedule,
+                       started)
+
+
+def prune_imported_at(run: ImportedRun, ratio: float, path: Path, progress: bool = True
+                      ) -> tuple[Path, ModulePruneResult]:
+    """Prune a fresh copy of the imported model at `ratio`, fine-tune it, write it as a drop-in ONNX at `path`;
+    the labeled scores (when a labeled set is configured) are filled on the dense and the final row."""
+    config = run.config
+    settings = dataclasses.replace(config.prune, ratio=ratio, budget=None)
+    student, result = prune_module(run.imported.module, run.imported.example_input(), run.layout, run.frames,
+                                   settings, config.finetune, config.distill, config.external.keep_layers,
+                                   progress=progress)
+    dense, final = result.steps[0], result.steps[-1]
+    record = {"method": settings.method, "ratio": ratio, "schedule": run.schedule,
+              "scope": "global" if settings.global_pruning else "local", "round_to": settings.round_to,
+              "params": final.params, "macs": final.macs, "dense_params": dense.params, "dense_macs": dense.macs,
+              "parent": {"path": str(run.imported.path), "sha256": run.imported.sha256},
+              "output_format": run.layout.output_format, "distillation": config.distill.loss,
+              "frames": run.frames.describe(), "agreement_mAP50": final.mAP50, "raw_error": final.raw_error}
+    path, _ = export_pruned(student, run.imported, path, record)
+    pruned_labeled = labeled_map(path, config, run.layout)
+    if run.dense_labeled and pruned_labeled:
+        (dense.labeled_mAP50, dense.labeled_mAP50_95), (final.labeled_mAP50, final.labeled_mAP50_95) = (
+            run.dense_labeled, pruned_labeled)
+    return path, result
+
+
+def write_imported_history(run: ImportedRun, result: ModulePruneResult, markdown: str = "", **extra) -> None:
+    """history.json (config, layout, protected layers, frames, steps, `extra`) and summary.md (+ `markdown`)."""
+    (run.output / "history.json").write_text(json.dumps({
+        "config": to_dict(run.config), "score": "agreement", "output_format": run.layout.output_format,
+        "layout_note": run.layout.note,
+        "protected": result.plan.protected, "skipped_groups": result.plan.skipped_groups,
+        "frames": run.frames.describe(), "steps": [asdict(step) for step in result.steps], **extra,
+        "seconds": round(time.monotonic() - run.started, 1)}, indent=2))
+    (run.output / "summary.md").write_text(external_markdown(result.steps, run.config, run.layout) + markdown)
 
 
 def prune_external(config: ExternalPruneConfig, progress: bool = True) -> tuple[Path, list[ExternalPruneStep]]:
-    """Prune ``config.external.model`` as configured; writes pruned.onnx, history.json and summary.md."""
-    started = time.monotonic()
-    schedule = check_supported(config.prune)
-    parse_terms(config.distill.loss, True)
-    output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
-    imported, layout, frames = load_external(config)
-    if progress and layout.note:
-        tqdm.write(f"prune: {layout.note}")
-    dense_labeled = _labeled_map(imported.path, config, layout)
-    student, result = prune_module(imported.module, imported.example_input(), layout, frames, config.prune,
-                                   config.finetune, config.distill, config.external.keep_layers, progress=progress)
-    dense, final = result.steps[0], result.steps[-1]
-    record = {"method": config.prune.method, "ratio": config.prune.ratio, "schedule": schedule,
-              "scope": "global" if config.prune.global_pruning else "local", "round_to": config.prune.round_to,
-              "params": final.params, "macs": final.macs, "dense_params": dense.params, "dense_macs": dense.macs,
-              "parent": {"path": str(imported.path), "sha256": imported.sha256}, "output_format": layout.output_format,
-              "distillation": config.distill.loss, "frames": frames.describe(),
-              "agreement_mAP50": final.mAP50, "raw_error": final.raw_error}
-    pruned_path, _ = export_pruned(student, imported, output / "pruned.onnx", record)
-    pruned_labeled = _labeled_map(pruned_path, config, layout)
-    if dense_labeled and pruned_labeled:
-        (dense.labeled_mAP50, dense.labeled_mAP50_95), (final.labeled_mAP50, final.labeled_mAP50_95) = (
-            dense_labeled, pruned_labeled)
-    (output / "history.json").write_text(json.dumps({
-        "config": to_dict(config), "score": "agreement", "output_format": layout.output_format,
-        "layout_note": layout.note,
-        "protected": result.plan.protected, "skipped_groups": result.plan.skipped_groups,
-        "frames": frames.describe(), "steps": [asdict(step) for step in result.steps],
-        "seconds": round(time.monotonic() - started, 1)}, indent=2))
-    (output / "summary.md").write_text(external_markdown(result.steps, config, layout))
-    return pruned_path, result.steps
+    """Prune ``config.external.model`` at ``prune.ratio``; writes pruned.onnx, history.json and summary.md."""
+    run = start_imported(config, progress)
+    path, result = prune_imported_at(run, config.prune.ratio, run.output / "pruned.onnx", progress)
+    write_imported_history(run, result)
+    return path, result.steps
 
 
 def _cell(value: float | None) -> str:

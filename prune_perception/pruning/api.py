@@ -4,12 +4,13 @@ It owns the choice of mode and its validation, so the CLI, the demo, benchmarks,
 behave alike:
 
 - `ratio` (run.py): remove `prune.ratio` of the channels (or weights), one-shot / iterative / elastic;
-- `budget` (budget.py, when `prune.budget` is set): the largest ratio whose fine-tuned mAP50 drop stays
-  within the budget; `fan_out` evaluates its candidates on Dask (scaleout/budget_candidates.py);
+- `budget` (budget.py, when `prune.budget` is set): the fastest measured candidate ratio whose fine-tuned
+  mAP50 drop stays within the budget; `fan_out` evaluates its candidates on Dask (scaleout/budget_candidates.py);
 - `latency` (latency_budget.py, when `prune.latency_ms` is set, with `prune.budget` or without): the
   fastest network that meets a measured latency target;
 - `external` (external/pipeline.py, for an ExternalPruneConfig): a detector brought as an ONNX file,
-  pruned and fine-tuned by distillation on unlabeled frames, written back as a drop-in ONNX.
+  pruned and fine-tuned by distillation on unlabeled frames, written back as a drop-in ONNX; with
+  `prune.budget`, the fastest candidate within budget (external/budget_search.py).
 
 Under torchrun rank 0 prunes and writes, every rank fine-tunes (ddp_finetune.py); the other ranks get None.
 """
@@ -62,8 +63,8 @@ def validate_prune_config(config: PruneConfig, fan_out: FanOutSettings | None = 
             raise ConfigError("--scheduler / --workers fan out the candidates of an accuracy-budget search: they "
                               "need --budget (and no --latency-ms)")
         if settings.budget_search not in LISTED_BUDGET_SEARCHES:
-            raise ConfigError(f"only the steps and descending budget searches fan out their candidates (bisect is sequential): "
-                              f"prune.budget_search is {settings.budget_search!r}")
+            raise ConfigError(f"only the steps and descending budget searches fan out their candidates (bisect is "
+                              f"sequential): prune.budget_search is {settings.budget_search!r}")
         if env_context().is_distributed:
             raise ConfigError("--scheduler / --workers (Dask) and torchrun do not combine: use one of them")
     return mode
@@ -91,7 +92,7 @@ def prune(config: PruneConfig | ExternalPruneConfig, progress: bool = True,
 
 
 def _prune_imported(config: ExternalPruneConfig, progress: bool, fan_out: FanOutSettings | None) -> PruneResult:
-    """The `external` mode: one ratio (one-shot or iterative), label-free, single process."""
+    """The `external` mode: one ratio (one-shot or iterative) or an accuracy-budget search, label-free, one process."""
     from prune_perception.external.pipeline import prune_external   # onnx2torch only for imported models
 
     if fan_out is not None:
@@ -99,7 +100,15 @@ def _prune_imported(config: ExternalPruneConfig, progress: bool, fan_out: FanOut
                           "search: drop them")
     if env_context().is_distributed:
         raise ConfigError("imported models are pruned in one process: run without torchrun")
-    path, steps = prune_external(config, progress)
+    candidates, chosen_ratio = [], config.prune.ratio
+    if config.prune.budget is not None:
+        validate_budget_settings(config.prune)
+        from prune_perception.external.budget_search import search_imported_budget
+
+        path, steps, candidates = search_imported_budget(config, progress)
+        chosen_ratio = steps[-1].ratio if len(steps) > 1 else None
+    else:
+        path, steps = prune_external(config, progress)
     dense, final = steps[0], steps[-1]
     score = (f"agreement with the dense model mAP50 {final.mAP50:.3f}" if final.mAP50 is not None
              else f"raw-output error {dense.raw_error:.4f} -> {final.raw_error:.4f}")
@@ -109,4 +118,10 @@ def _prune_imported(config: ExternalPruneConfig, progress: bool, fan_out: FanOut
     if final.labeled_mAP50 is not None:
         summary.append(f"labeled mAP50 {dense.labeled_mAP50:.3f} -> {final.labeled_mAP50:.3f} "
                        f"({config.external.labeled_data})")
-    return PruneResult("external", path, Path(config.output), steps, summary, chosen_ratio=config.prune.ratio)
+    if config.prune.budget is not None:
+        summary.append(f"budget {config.prune.budget:g} points: " + (
+            f"ratio {chosen_ratio:g} of {len(candidates)} candidate(s), the fastest within budget"
+            if chosen_ratio is not None else f"none of {len(candidates)} candidate(s) within budget: the dense model "
+                                             "was written unchanged"))
+    return PruneResult("external", path, Path(config.output), steps, summary, candidates, chosen_ratio,
+                       kept_dense=config.prune.budget is not None and chosen_ratio is None)

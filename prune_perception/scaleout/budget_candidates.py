@@ -67,8 +67,8 @@ class DaskBudgetCandidates:
     def __call__(self, config: PruneConfig, dense: Checkpoint,
                  ratios: Sequence[float]) -> dict[float, tuple[Detector, PruneStep, float]]:
         if config.prune.budget_search not in LISTED_BUDGET_SEARCHES:
-            raise ConfigError(f"only the steps and descending budget searches fan out their candidates (bisect is sequential): "
-                              f"prune.budget_search is {config.prune.budget_search!r}")
+            raise ConfigError(f"only the steps and descending budget searches fan out their candidates (bisect is "
+                              f"sequential): prune.budget_search is {config.prune.budget_search!r}")
         shared = {"config": config, "arch": dict(dense.model.arch, widths=model_widths(dense.model)),
                   "state_dict": dense.model.state_dict(), "input_hw": tuple(dense.input_hw),
                   "classes": list(dense.classes)}
