@@ -144,6 +144,8 @@ def summary_markdown(rows: dict[str, dict], args: argparse.Namespace) -> str:
         lines += ["", f"Native model pruned at the same ratio *with* labels: labeled mAP50 "
                       f"{native['labeled_mAP50']:.3f} ({native['macs'] / 1e6:.0f} M MACs) against "
                       f"{_points(rows['native']['labeled_mAP50'][1])} without."]
+    failed = getattr(args, "failed", {})
+    lines += [""] + [f"- {name}: **failed**: {message}" for name, message in failed.items()] if failed else []
     lines += ["", f"Targets: MACs cut ≥ {TARGETS['macs_cut']:.0%}, speed-up ≥ {TARGETS['speedup']}x, labeled mAP50 "
                   f"within {TARGETS['labeled_drop_points']} points of the dense model."]
     return "\n".join(lines) + "\n"
@@ -160,7 +162,7 @@ def write_results(rows: dict[str, dict], args: argparse.Namespace) -> str:
     """results.json and summary.md in --output; returns the Markdown."""
     (args.output / "results.json").write_text(json.dumps({
         "ratio": args.ratio, "method": args.method, "epochs": args.epochs, "threads": args.threads, "runs": args.runs,
-        "targets": TARGETS, "models": rows}, indent=2))
+        "targets": TARGETS, "models": rows, "failed": getattr(args, "failed", {})}, indent=2))
     markdown = summary_markdown(rows, args)
     (args.output / "summary.md").write_text(markdown)
     return markdown
@@ -194,11 +196,18 @@ def main() -> int:
             from prune_perception.export.onnx_export import export_onnx
 
             native = args.output / "native_dense.onnx"
-            export_onnx(args.native_checkpoint, native)
+            export_onnx(args.native_checkpoint, native, dynamic_batch=True)   # our export's Resize sizes fix batch 1
             models["native"] = (native, "native")
-        rows = {name: prune_label_free(name, path, model_format, args, bag, args.output)
-                for name, (path, model_format) in models.items()}
-        if args.native_checkpoint is not None:
+        rows, failed = {}, {}
+        for name, (path, model_format) in models.items():
+            try:
+                rows[name] = prune_label_free(name, path, model_format, args, bag, args.output)
+                (args.output / "pruned_so_far.json").write_text(json.dumps(rows, indent=2))
+            except PrunePerceptionError as exc:   # one model that cannot be pruned does not stop the others
+                failed[name] = str(exc)
+                print(f"external_prune: {name}: {exc}", file=sys.stderr)
+        args.failed = failed
+        if "native" in rows:
             rows["native"]["labeled"] = prune_with_labels(args.native_checkpoint, args, args.output)
         paths = [Path(p) for r in rows.values() for p in (r["dense_onnx"], r["pruned_onnx"])]
         timings = time_models(paths, args)

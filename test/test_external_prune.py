@@ -198,9 +198,35 @@ def _custom_op_model(tmp_path, op="FancyDecode", domain="com.vendor"):
     return path
 
 
+@pytest.mark.parametrize("layout", ["yolox", "yolov8"])
+def test_a_batch_one_export_is_pruned_on_batches_and_keeps_its_fixed_batch(layout, tmp_path, frames_dir):
+    """The projects' default exports fix the batch at 1 and bake it into Reshape shapes; fine-tuning runs batches."""
+    path = export_detector(build_detector(layout), tmp_path / "fixed.onnx", OUTPUT_NAMES[layout], dynamic_batch=False)
+    assert any(node.op_type == "Reshape" for node in onnx.load(path).graph.node)
+    imported = import_onnx(path)
+    with torch.no_grad():
+        batch, single = imported.module(imported.example_input(3) + 0.5), imported.module(imported.example_input() + 0.5)
+    assert batch.shape[0] == 3 and torch.allclose(batch[:1], single, atol=1e-5)
+    pruned_path, _ = prune_external(_config(path, frames_dir, tmp_path / "run"), progress=False)
+    assert read_signature(onnx.load(pruned_path)) == read_signature(onnx.load(path))   # still batch 1, same IO
+    assert DetectorEngine(pruned_path, warmup_runs=0).info.output_format == layout
+
+
 def test_unsupported_op_is_named_with_its_node(tmp_path):
     with pytest.raises(ModelLoadError, match=r"com\.vendor::FancyDecode \(nodes decode_head\)"):
         import_onnx(_custom_op_model(tmp_path))
+
+
+def test_an_op_newer_than_its_converter_names_the_opset_to_export_at(tmp_path):
+    split = helper.make_node("Split", ["images", "sizes"], ["a", "b"], axis=1, name="split0")
+    graph = helper.make_graph(
+        [split], "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("a", "b")],
+        [helper.make_tensor("sizes", TensorProto.INT64, [2], [1, 2])])
+    path = tmp_path / "split18.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(ModelLoadError, match=r"Split \(nodes split0\) at opset 18; .* re-export the model at opset 17"):
+        import_onnx(path)
 
 
 def test_torchvision_stand_in(tmp_path):

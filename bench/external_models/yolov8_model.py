@@ -29,6 +29,8 @@ def main() -> None:
                                                                     "'fraction': a short run on a shared CPU)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--opset", type=int, default=13,
+                        help="ONNX opset of the export (onnx2torch has no Split-18 or Resize-18 converter: 17 at most)")
     args = parser.parse_args()
     os.environ.setdefault("YOLO_CONFIG_DIR", str(args.work_dir / "settings"))
 
@@ -40,7 +42,8 @@ def main() -> None:
     model.train(data=str(args.data), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch_size,
                 fraction=args.fraction, workers=0, device="cpu", amp=False, plots=False, val=False, seed=args.seed,
                 close_mosaic=args.close_mosaic, warmup_epochs=args.warmup_epochs, project=str(args.work_dir), name="train", exist_ok=True, verbose=False)
-    exported = Path(model.export(format="onnx", imgsz=list(args.export_size), dynamic=False, device="cpu"))
+    exported = Path(model.export(format="onnx", imgsz=list(args.export_size), dynamic=False, device="cpu",
+                                 opset=args.opset))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(exported, args.output)
     results = args.work_dir / "train" / "results.csv"

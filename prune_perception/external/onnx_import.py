@@ -4,7 +4,8 @@ Checks before conversion, each a :class:`ModelLoadError` in one line: the file p
 float32 ``[N, 3, H, W]`` input, every op has an onnx2torch converter (the unsupported ones are
 named with their nodes), and H/W are static or given as ``input_size``. The graph is simplified with
 onnxslim before conversion: the legacy torch exporter writes deduplicated weights as ``Identity``
-nodes, and onnx2torch's Conv converter takes weights from initializers only.
+nodes, and onnx2torch's Conv converter takes weights from initializers only. A batch fixed at 1 is
+freed for conversion (:mod:`.batch_axis`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from onnx import TensorProto
 
 from prune_perception.errors import ModelLoadError
 from prune_perception.export.onnx_export import slim_model
+from prune_perception.external.batch_axis import batch_fixed_at_one, check_batch_flexible, free_batch_axis
 from prune_perception.external.torchvision_stub import ensure_torchvision_importable, ops_needing_torchvision
 from prune_perception.runtime.model_metadata import file_sha256
 
@@ -102,6 +104,29 @@ def unsupported_ops(proto: onnx.ModelProto) -> dict[str, list[str]]:
     return missing
 
 
+def _older_opset_hint(proto: onnx.ModelProto, missing: dict[str, list[str]]) -> str:
+    """When every missing op has a converter at an older opset of the default domain: which one to re-export at."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    newest = []
+    for op in missing:
+        versions = [v for v in range(opset - 1, 0, -1) if _has_converter(get_converter, op, v)]
+        if not versions:
+            return ""
+        newest.append(versions[0])
+    return (f" at opset {opset}; onnx2torch converts them up to opset {min(newest)}: re-export the model at "
+            f"opset {min(newest)} (e.g. Ultralytics export(format='onnx', opset={min(newest)}))")
+
+
+def _has_converter(get_converter, op: str, version: int) -> bool:
+    try:
+        get_converter(op, version, onnx.defs.ONNX_DOMAIN)
+        return True
+    except NotImplementedError:
+        return False
+
+
 def _describe_unsupported(missing: dict[str, list[str]]) -> str:
     parts = []
     for op, nodes in sorted(missing.items()):
@@ -148,16 +173,20 @@ def import_onnx(path: str | Path, input_size: Sequence[int] | None = None) -> Im
     missing = unsupported_ops(proto)
     if missing:
         raise ModelLoadError(f"{path}: ONNX op(s) the converter (onnx2torch) cannot handle: "
-                             f"{_describe_unsupported(missing)}")
+                             f"{_describe_unsupported(missing)}{_older_opset_hint(proto, missing)}")
     import onnx2torch
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = onnx2torch.convert(slim_model(proto))
+            slimmed = slim_model(proto)
+            fixed_batch = batch_fixed_at_one(slimmed)
+            module = onnx2torch.convert(free_batch_axis(slimmed) if fixed_batch else slimmed)
             module.eval()
             module(torch.zeros(1, 3, *input_hw))
     except Exception as exc:  # a converter refusing an attribute value, or a shape that does not fit
         raise ModelLoadError(f"{path}: conversion to torch failed ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if fixed_batch:
+        check_batch_flexible(module, input_hw, path)
     return ImportedOnnx(path, proto, module, signature, input_hw, file_sha256(path))

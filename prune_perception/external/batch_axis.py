@@ -1,0 +1,84 @@
+"""Fixed batch-1 exports made batch-flexible for pruning (the exported pruned model keeps the fixed batch).
+
+Most detector exports fix the batch at 1 (YOLOX's ``export_onnx.py``, Ultralytics' default), and their graphs
+bake it into constant Reshape shapes such as ``[1, 85, -1]``. Fine-tuning and scoring run on batches, so
+before conversion such a graph gets a symbolic batch on its inputs and outputs, and every constant Reshape
+shape whose first entry is 1 has it turned into 0 (ONNX: copy that dimension from the input, i.e. the batch).
+The converted module is then checked: a batch of two must give what two single images give. A graph that
+still ties the batch to 1 is a ModelLoadError asking for a dynamic-batch export.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import numpy_helper
+
+from prune_perception.errors import ModelLoadError
+from prune_perception.external.layout import as_output_list
+
+BATCH_CHECK_TOLERANCE = 1e-4
+"""Max |batch-of-two - single| relative to the output's magnitude (max(1, max|single|))."""
+
+
+def batch_fixed_at_one(model: onnx.ModelProto) -> bool:
+    """Whether the (single) input declares a static batch of 1."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1
+
+
+def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    tensors = {tensor.name: tensor for tensor in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            tensors.update({node.output[0]: attribute.t for attribute in node.attribute if attribute.name == "value"})
+    return tensors
+
+
+def free_batch_axis(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose batch follows the input (see module doc); intermediate shapes are dropped."""
+    model = copy.deepcopy(model)
+    constants = _constant_tensors(model)
+    for node in model.graph.node:
+        allow_zero = any(a.name == "allowzero" and a.i == 1 for a in node.attribute)
+        if node.op_type != "Reshape" or allow_zero or node.input[1] not in constants:
+            continue
+        tensor = constants[node.input[1]]
+        shape = numpy_helper.to_array(tensor)
+        if shape.ndim == 1 and len(shape) > 1 and shape[0] == 1:
+            shape = shape.copy()
+            shape[0] = 0
+            tensor.CopyFrom(numpy_helper.from_array(shape, tensor.name))
+    for value in (*model.graph.input, *model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
+            dims[0].dim_param = "batch"
+    del model.graph.value_info[:]
+    return model
+
+
+@torch.no_grad()
+def check_batch_flexible(module: torch.nn.Module, input_hw: tuple[int, int], path: Path) -> None:
+    """ModelLoadError unless a batch of two gives, per image, what each image gives alone."""
+    images = torch.rand(2, 3, *input_hw, generator=torch.Generator().manual_seed(0))
+    problem = ""
+    try:
+        batched = as_output_list(module(images))
+        singles = [as_output_list(module(images[i:i + 1])) for i in range(2)]
+        for index, output in enumerate(batched):
+            alone = torch.cat([single[index] for single in singles])
+            if output.shape != alone.shape:
+                problem = f"output {index} has shape {tuple(output.shape)} for two images"
+                break
+            scale = max(1.0, float(alone.abs().max()))
+            if float((output - alone).abs().max()) / scale > BATCH_CHECK_TOLERANCE:
+                problem = f"output {index} differs between a batch of two and single images"
+                break
+    except RuntimeError as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if problem:
+        raise ModelLoadError(f"{path}: the graph ties its batch size to 1 ({problem}); pruning fine-tunes on batches: "
+                             "re-export the model with a dynamic batch axis")
