@@ -27,6 +27,7 @@ from prune_perception.external.frames import load_frames
 from prune_perception.external.graph_pruning import GraphPruner
 from prune_perception.external.layout import RAW_FORMAT, DetectorLayout
 from prune_perception.external.onnx_import import import_onnx, read_signature
+from prune_perception.external.label_free_loss import parse_terms
 from prune_perception.external.onnx_writer import EXTERNAL_PRUNING_KEY
 from prune_perception.external.pipeline import prune_external, prune_module, start_imported
 from prune_perception.models.cost import model_cost
@@ -135,12 +136,13 @@ def test_user_kept_layers_and_unknown_names(models):
 
 
 def test_distillation_loss_falls_and_agreement_rises(models, frames_dir):
-    """A tiny run (yolox layout, default loss): after pruning, fine-tuning raises agreement with the dense model."""
+    """A tiny run (yolox layout, the raw loss: the best on these untrained teachers, docs/external-models.md):
+    after pruning, fine-tuning raises agreement with the dense model."""
     config = _config(models["yolox"], frames_dir, "unused")
     run = start_imported(config, progress=False)
     tune = OptimConfig(epochs=3, batch_size=8, lr=0.001, patience=10, eval_interval=1)
     _, result = prune_module(run.imported.module, run.imported.example_input(), run.layout, run.frames, config.prune,
-                             tune, progress=False)
+                             tune, LabelFreeDistillSettings(loss="raw"), progress=False)
     pruned = result.steps[-1]
     losses = [epoch["loss"] for epoch in pruned.finetune[1:]]
     assert losses[-1] < losses[0]
@@ -394,6 +396,10 @@ def test_budget_search_keeps_the_dense_model_when_no_candidate_agrees_enough(mod
     assert "none of 1 candidate(s) within budget" in result.summary[-1]
     with pytest.raises(ConfigError, match="decodable output layout"):
         prune(_config(models["unknown"], frames_dir, tmp_path / "raw", budget=1.0), progress=False)
+
+
+def test_auto_loss_is_output_and_pseudo_labels_when_decodable_and_raw_otherwise():
+    assert parse_terms("auto", True) == ("output", "pseudo") and parse_terms("auto", False) == ("raw",)
 
 
 def test_imported_model_formats_are_the_runtimes_plus_raw():

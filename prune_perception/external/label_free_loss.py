@@ -37,8 +37,10 @@ from prune_perception.training.loss import EPS, LossWeights, giou
 
 TERMS = ("output", "pseudo", "feature", "raw")
 DECODED_TERMS = ("output", "pseudo")
-AUTO_TERMS = ("raw",)
-"""What ``auto`` means, for every layout: the best on the tiny runs measured (docs/external-models.md)."""
+AUTO_TERMS = ("output", "pseudo")
+"""What ``auto`` means for a decodable layout: the best measured on a trained detector (docs/external-models.md)."""
+AUTO_RAW_TERMS = ("raw",)
+"""What ``auto`` means for a raw layout (nothing to decode)."""
 BOX_MIN_TEACHER_SCORE = 0.3
 PROBABILITY_EPS = 1e-6
 
@@ -47,9 +49,10 @@ UserLoss = Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], torc
 
 
 def parse_terms(text: str, decodable: bool) -> tuple[str, ...]:
-    """``'auto'`` (:data:`AUTO_TERMS`) or ``'output+feature'`` -> the terms; ConfigError for unknown or undecodable ones."""
+    """``'auto'`` (:data:`AUTO_TERMS`, raw layouts :data:`AUTO_RAW_TERMS`) or ``'output+feature'`` -> the terms;
+    ConfigError for unknown or undecodable ones."""
     if text == "auto":
-        return AUTO_TERMS
+        return AUTO_TERMS if decodable else AUTO_RAW_TERMS
     terms = tuple(term.strip() for term in text.split("+"))
     unknown = [term for term in terms if term not in TERMS]
     if unknown or not terms:
