@@ -305,6 +305,17 @@ def set_declared_size(data: bytes, width: int, height: int) -> bytes:
     raise AssertionError("no SOF marker in the sample JPEG")
 
 
+def mutated(data: bytes, kind: str, how) -> bytes:
+    """A valid file cut to a fraction of its length (`truncated`, how = fraction) or with bytes overwritten
+    (`edited`, how = [(relative position, value), ...])."""
+    if kind == "truncated":
+        return data[:int(len(data) * how)]
+    out = bytearray(data)
+    for position, value in how:
+        out[min(int(position * len(out)), len(out) - 1)] = value
+    return bytes(out)
+
+
 def build_compressed(case: dict) -> bytes:
     data = case["data"]
     kind = data[0]
@@ -315,13 +326,8 @@ def build_compressed(case: dict) -> bytes:
     sample = encoded_samples()[data[1]]
     if kind == "valid":
         return sample
-    if kind == "truncated":
-        return sample[:int(len(sample) * data[2])]
-    if kind == "edited":
-        out = bytearray(sample)
-        for position, value in data[2]:
-            out[min(int(position * len(out)), len(out) - 1)] = value
-        return bytes(out)
+    if kind in ("truncated", "edited"):
+        return mutated(sample, kind, data[2])
     return set_declared_size(sample, data[2], data[3])
 
 
@@ -490,13 +496,8 @@ def build_model_file(case: dict, good_model: bytes, valid_metadata: dict[str, st
     kind, *rest = case["file"]
     if kind == "bytes":
         return rest[0]
-    if kind == "truncated":
-        return good_model[:int(len(good_model) * rest[0])]
-    if kind == "edited":
-        out = bytearray(good_model)
-        for position, value in rest[0]:
-            out[min(int(position * len(out)), len(out) - 1)] = value
-        return bytes(out)
+    if kind in ("truncated", "edited"):
+        return mutated(good_model, kind, rest[0])
     if kind == "metadata":
         import onnx
 
