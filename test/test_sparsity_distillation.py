@@ -151,5 +151,5 @@ def test_auto_distillation_measures_the_cut_of_the_student_against_the_dense_che
     StructuredPruner(light, INPUT_HW, make_importance("l1"), PruneSpec(ratio=0.1)).step()
     assert distillation_teacher(tmp_path / "dense.pt", DistillSettings(), half, INPUT_HW) is not None
     assert distillation_teacher(tmp_path / "dense.pt", DistillSettings(), light, INPUT_HW) is None
-    assert distillation_teacher(tmp_path / "dense.pt", DistillSettings(), light, INPUT_HW, macs_cut=0.7) is not None
+    assert distillation_teacher(tmp_path / "dense.pt", DistillSettings(), light, INPUT_HW, lambda: 0.7) is not None
     assert distillation_teacher(tmp_path / "dense.pt", DistillSettings(enabled=False), half, INPUT_HW) is None

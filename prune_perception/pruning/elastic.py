@@ -145,7 +145,7 @@ def elastic_prune(config: PruneConfig, model: Detector, input_hw: tuple[int, int
     trainer = ElasticTrainer(finetune_config(config, input_hw, output / "finetune_elastic", soft_epochs), model,
                              input_hw, settings.method, spec, progress,
                              make_distiller(config, model, input_hw,
-                                            selection_macs_cut(model, input_hw, settings.method, spec)))
+                                            lambda: selection_macs_cut(model, input_hw, settings.method, spec)))
     pruned_map = evaluate(trainer.eval_model)   # before any fine-tuning: the one-shot selection removed
     try:
         result = trainer.fit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from prune_perception.config import ModelConfig, PruneConfig, TrainConfig
@@ -24,7 +25,7 @@ def finetune_config(config: PruneConfig, input_hw: tuple[int, int], output: Path
 
 
 def make_distiller(config: PruneConfig, student: Detector, input_hw: tuple[int, int],
-                   macs_cut: float | None = None) -> Distiller | None:
+                   macs_cut: Callable[[], float] | None = None) -> Distiller | None:
     """A Distiller from the dense checkpoint when `distill` says to distil this student (distillation_teacher)."""
     teacher = distillation_teacher(Path(config.checkpoint), config.distill, student, input_hw, macs_cut)
     return Distiller(teacher, student, config.distill) if teacher is not None else None

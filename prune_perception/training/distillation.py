@@ -19,7 +19,7 @@ hooks on ``model.neck``. ``both`` adds the two. The total is multiplied by ``dis
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,18 +48,20 @@ def distills(settings: DistillSettings, macs_cut: float) -> bool:
 
 
 def distillation_teacher(checkpoint: Path, settings: DistillSettings, student: Detector, input_hw: tuple[int, int],
-                         macs_cut: float | None = None) -> Detector | None:
-    """The dense `checkpoint` as the teacher when `settings` say to distil `student`, else None. `macs_cut`: the
-    share of the dense MACs the pruning removes (default: measured on `student` as it is)."""
+                         macs_cut: Callable[[], float] | None = None) -> Detector | None:
+    """The dense `checkpoint` as the teacher when `settings` say to distil `student`, else None. With `auto` the
+    share of the dense MACs the pruning removes decides: `macs_cut()`, or measured on `student` as it is."""
     if settings.enabled is False:
         return None
     teacher = load_checkpoint(checkpoint).model
-    if macs_cut is None:
-        macs_cut = 1 - model_cost(student, input_hw).macs / model_cost(teacher, input_hw).macs
-    if not distills(settings, macs_cut):
-        return None
-    print(f"fine-tuning distils from the dense model (pruning removes {macs_cut:.0%} of its MACs; "
-          f"distill.enabled {str(settings.enabled).lower()})", flush=True)
+    reason = "distill.enabled true"
+    if settings.enabled == "auto":
+        cut = macs_cut() if macs_cut is not None else (
+            1 - model_cost(student, input_hw).macs / model_cost(teacher, input_hw).macs)
+        if not distills(settings, cut):
+            return None
+        reason = f"pruning removes {cut:.0%} of its MACs; distill.enabled auto"
+    print(f"fine-tuning distils from the dense model ({reason})", flush=True)
     return teacher
 
 
