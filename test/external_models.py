@@ -7,7 +7,9 @@ Three heads on one backbone (strides 8/16/32, input 64x96 -> 126 anchor points):
 - ``native``: ``boxes [N, A, 4]`` xyxy pixels + ``scores [N, A, C]`` (with :func:`native_metadata`);
 - ``unknown``: two outputs no adapter knows: a ``[N, 6, H/8, W/8]`` map and a ``[N, 16]`` embedding
   (global pooling of the coarser levels + linear);
-- ``shuffle``: the yolox head on a backbone with a channel split and a ShuffleNet channel shuffle.
+- ``shuffle``: the yolox head on a backbone with a channel split and a ShuffleNet channel shuffle;
+- ``csp``: a backbone with a YOLOv8 C2f block (a conv's output split in two, one half through a residual
+  bottleneck, all three concatenated).
 
 :func:`build_detector` calibrates BatchNorm on rendered road scenes and the prediction convs get larger
 weights and a negative bias, so that the untrained models give sparse, confident, image-dependent
@@ -54,11 +56,25 @@ class ShuffleBlock(nn.Module):
         return x.reshape(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
+class CspBlock(nn.Module):
+    """YOLOv8's C2f with one bottleneck."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.cv1 = conv(channels, channels, kernel=1)
+        self.bottleneck = nn.Sequential(conv(channels // 2, channels // 2), conv(channels // 2, channels // 2))
+        self.cv2 = conv(3 * channels // 2, channels, kernel=1)
+
+    def forward(self, x):
+        a, b = self.cv1(x).split([self.cv2[0].in_channels // 3] * 2, dim=1)   # as Ultralytics' export: a Split
+        return self.cv2(torch.cat([a, b, b + self.bottleneck(b)], dim=1))
+
+
 class Backbone(nn.Module):
-    def __init__(self, shuffle: bool = False):
+    def __init__(self, shuffle: bool = False, csp: bool = False):
         super().__init__()
         self.stem = nn.Sequential(conv(3, 16, 2), conv(16, 24, 2))
-        self.shuffle = ShuffleBlock(24) if shuffle else nn.Identity()
+        self.shuffle = ShuffleBlock(24) if shuffle else CspBlock(24) if csp else nn.Identity()
         self.s8 = conv(24, 32, 2)
         self.s16 = nn.Sequential(conv(32, 48, 2), conv(48, 48))
         self.s32 = conv(48, 64, 2)
@@ -72,11 +88,11 @@ class Backbone(nn.Module):
 class TestDetector(nn.Module):
     """Backbone + one head per level; ``layout`` picks the output format."""
 
-    def __init__(self, layout: str, shuffle: bool = False, seed: int = 0):
+    def __init__(self, layout: str, shuffle: bool = False, seed: int = 0, csp: bool = False):
         super().__init__()
         torch.manual_seed(seed)
         self.layout = layout
-        self.backbone = Backbone(shuffle)
+        self.backbone = Backbone(shuffle, csp)
         self.stems = nn.ModuleList(conv(ch, 32, kernel=1) for ch in (32, 48, 64))
         self.towers = nn.ModuleList(conv(32, 32) for _ in range(3))
         outputs = {"yolox": 5 + NUM_CLASSES, "yolov8": 4 + NUM_CLASSES, "native": 4 + NUM_CLASSES, "unknown": 6}[layout]
@@ -147,9 +163,10 @@ def weaken_channels(model: nn.Module, fraction: float = WEAK_FRACTION, seed: int
     return model
 
 
-def build_detector(layout: str, shuffle: bool = False, seed: int = 0) -> TestDetector:
+def build_detector(layout: str, shuffle: bool = False, seed: int = 0, csp: bool = False) -> TestDetector:
     """A calibrated TestDetector with weak channels, in eval mode."""
-    return calibrate_batchnorm(weaken_channels(TestDetector(layout, shuffle, seed), seed=seed), PIXEL_SCALE[layout])
+    return calibrate_batchnorm(weaken_channels(TestDetector(layout, shuffle, seed, csp), seed=seed),
+                               PIXEL_SCALE[layout])
 
 
 def export_detector(model: nn.Module, path: Path, output_names: list[str], dynamic_batch: bool = True,

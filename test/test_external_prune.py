@@ -30,6 +30,8 @@ from prune_perception.external.onnx_import import import_onnx, read_signature
 from prune_perception.external.label_free_loss import parse_terms
 from prune_perception.external.onnx_writer import EXTERNAL_PRUNING_KEY
 from prune_perception.external.pipeline import prune_external, prune_module, start_imported
+from prune_perception.external.split_convs import split_producing_convs
+from prune_perception.export.onnx_export import slim_model
 from prune_perception.models.cost import model_cost
 from prune_perception.pruning.importance import make_importance
 from prune_perception.pruning.structured import PruneSpec
@@ -162,6 +164,37 @@ def test_channel_shuffle_and_split_are_skipped_not_a_traceback(tmp_path, frames_
     assert model_cost(imported.module, INPUT_HW).macs < dense.macs
     pruned_path, _ = prune_external(_config(path, frames_dir, tmp_path / "run"), progress=False)
     assert read_signature(onnx.load(pruned_path)).outputs == imported.signature.outputs
+
+
+def test_a_csp_split_becomes_one_conv_per_part_and_is_pruned(tmp_path, frames_dir):
+    """YOLOv8's C2f: a conv's output Split in two, one part with three consumers (torch-pruning alone fails on
+    it); the import rewrites it exactly as a conv per part and the model prunes like any other."""
+    path = export_detector(build_detector("yolov8", csp=True), tmp_path / "csp.onnx", OUTPUT_NAMES["yolov8"])
+    slimmed = slim_model(onnx.load(path))
+    rewritten, count = split_producing_convs(slimmed)
+    assert count == 1 and [n.op_type for n in slimmed.graph.node].count("Split") == 1
+    assert "Split" not in [n.op_type for n in rewritten.graph.node]
+    images = np.random.default_rng(0).random((2, 3, *INPUT_HW), dtype=np.float32)
+    before, after = (ort.InferenceSession(m.SerializeToString()).run(None, {"images": images})[0]
+                     for m in (slimmed, rewritten))
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-4)
+
+    pruned_path, steps = prune_external(_config(path, frames_dir, tmp_path / "run"), progress=False)
+    assert steps[-1].macs < 0.85 * steps[0].macs
+    assert read_signature(onnx.load(pruned_path)).outputs == read_signature(onnx.load(path)).outputs
+    engine = DetectorEngine(pruned_path, model_format="yolov8", warmup_runs=1)
+    assert engine.info.output_format == "yolov8"
+
+
+def test_a_split_that_is_not_a_conv_output_is_left_as_it_is():
+    """A Split of a graph input (no conv to slice) stays a Split; the graph is unchanged."""
+    graph = helper.make_graph(
+        [helper.make_node("Split", ["x"], ["a", "b"], axis=1), helper.make_node("Add", ["a", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rewritten, count = split_producing_convs(model)
+    assert count == 0 and rewritten.graph == model.graph
 
 
 def test_in_memory_module_with_raw_layout_and_user_loss(frames_dir):

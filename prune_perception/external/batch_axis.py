@@ -30,7 +30,8 @@ def batch_fixed_at_one(model: onnx.ModelProto) -> bool:
     return bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1
 
 
-def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and Constant-node values by tensor name."""
     tensors = {tensor.name: tensor for tensor in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant":
@@ -41,7 +42,7 @@ def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 def free_batch_axis(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` whose batch follows the input (see module doc); intermediate shapes are dropped."""
     model = copy.deepcopy(model)
-    constants = _constant_tensors(model)
+    constants = constant_tensors(model)
     for node in model.graph.node:
         allow_zero = any(a.name == "allowzero" and a.i == 1 for a in node.attribute)
         if node.op_type != "Reshape" or allow_zero or node.input[1] not in constants:

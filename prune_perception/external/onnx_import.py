@@ -5,7 +5,8 @@ float32 ``[N, 3, H, W]`` input, every op has an onnx2torch converter (the unsupp
 named with their nodes), and H/W are static or given as ``input_size``. The graph is simplified with
 onnxslim before conversion: the legacy torch exporter writes deduplicated weights as ``Identity``
 nodes, and onnx2torch's Conv converter takes weights from initializers only. A batch fixed at 1 is
-freed for conversion (:mod:`.batch_axis`).
+freed for conversion (:mod:`.batch_axis`), and channel Splits of a conv's output become one conv per
+part (:mod:`.split_convs`: CSP blocks such as YOLOv8's C2f).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from onnx import TensorProto
 from prune_perception.errors import ModelLoadError
 from prune_perception.export.onnx_export import slim_model
 from prune_perception.external.batch_axis import batch_fixed_at_one, check_batch_flexible, free_batch_axis
+from prune_perception.external.split_convs import split_producing_convs
 from prune_perception.external.torchvision_stub import ensure_torchvision_importable, ops_needing_torchvision
 from prune_perception.runtime.model_metadata import file_sha256
 
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                        category=UserWarning)   # onnx2torch's Slice, on every forward of a converted graph
 Dim = int | str
 """A static size, or the name of a symbolic dimension ('?' when the file gives none)."""
 MAX_NAMED_NODES = 3
@@ -179,7 +183,7 @@ def import_onnx(path: str | Path, input_size: Sequence[int] | None = None) -> Im
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            slimmed = slim_model(proto)
+            slimmed, _ = split_producing_convs(slim_model(proto))
             fixed_batch = batch_fixed_at_one(slimmed)
             module = onnx2torch.convert(free_batch_axis(slimmed) if fixed_batch else slimmed)
             module.eval()
