@@ -180,6 +180,7 @@ class LabelFreeDistillSettings:
     loss: str = "auto"                 # auto, or '+'-joined terms: output, pseudo, feature, raw
     pseudo_threshold: float = 0.35     # teacher class probability that makes a cell a pseudo-label positive
     taylor_input_noise: float = 0.05   # taylor importance: the student sees frames + this much noise (x input range)
+    batchnorm: bool = True             # BatchNorm after the pruned convs, calibrated to the dense model (folded back)
 
 
 def _external_prune_defaults() -> PruneSettings:

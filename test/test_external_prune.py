@@ -23,6 +23,7 @@ from external_models import (INPUT_HW, OUTPUT_NAMES, build_detector, export_dete
 from prune_perception.config import (ExternalModelSettings, ExternalPruneConfig, LabelFreeDistillSettings,
                                      OptimConfig, PruneSettings)
 from prune_perception.errors import ConfigError, DatasetError, ModelLoadError
+from prune_perception.external.batchnorm_reinsertion import fold_batchnorm, insert_batchnorm
 from prune_perception.external.frames import load_frames
 from prune_perception.external.graph_pruning import GraphPruner
 from prune_perception.external.layout import RAW_FORMAT, DetectorLayout
@@ -197,6 +198,45 @@ def test_a_split_that_is_not_a_conv_output_is_left_as_it_is():
     assert count == 0 and rewritten.graph == model.graph
 
 
+def test_batchnorm_is_reinserted_calibrated_to_the_teacher_and_folded_back(models, frames_dir):
+    """After pruning a BN-folded export, each conv but the protected ones gets a BatchNorm calibrated to the dense
+    model's statistics of the channels it kept: the student moves towards its teacher before any training; after
+    training steps the fold puts the same conv objects back and keeps the trained function."""
+    imported = import_onnx(models["yolov8"])
+    teacher, student = imported.module, copy.deepcopy(imported.module)
+    frames = load_frames([str(frames_dir)], DetectorEngine(models["yolov8"], warmup_runs=0).info.preprocess,
+                         1, 40, 0.2).train
+    images = frames[:8].float()
+    pruner = GraphPruner(student, imported.example_input(), make_importance("l1"), PruneSpec(0.4))
+    pruner.step()
+    assert pruner.kept_out_channels and all(len(kept) == len(set(kept)) for kept in pruner.kept_out_channels.values())
+    convs = {name: module for name, module in student.named_modules() if isinstance(module, torch.nn.Conv2d)}
+    with torch.no_grad():
+        target, before = teacher(images), student(images)
+    wrapped = insert_batchnorm(student, teacher, frames, pruner.kept_out_channels, pruner.plan.protected)
+    assert set(wrapped) == set(convs) - set(pruner.plan.protected) and wrapped
+    with torch.no_grad():
+        calibrated = student(images)
+    assert (calibrated - target).abs().mean() < (before - target).abs().mean()
+    assert insert_batchnorm(student, teacher, frames) == []   # a model with BatchNorm of its own is left alone
+
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01)
+    student.train()
+    for start in range(0, 32, 8):
+        loss = (student(frames[start:start + 8].float()) - teacher(frames[start:start + 8].float())).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    student.eval()
+    with torch.no_grad():
+        trained = student(images)
+    fold_batchnorm(student)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())
+    assert all(dict(student.named_modules())[name] is conv for name, conv in convs.items())
+    with torch.no_grad():
+        torch.testing.assert_close(student(images), trained, atol=1e-3, rtol=1e-3)
+
+
 def test_in_memory_module_with_raw_layout_and_user_loss(frames_dir):
     """The Python API on a user's own nn.Module (no ONNX): raw outputs matched, the user's loss term added."""
     model = build_detector("unknown")
@@ -245,6 +285,30 @@ def test_a_batch_one_export_is_pruned_on_batches_and_keeps_its_fixed_batch(layou
     pruned_path, _ = prune_external(_config(path, frames_dir, tmp_path / "run"), progress=False)
     assert read_signature(onnx.load(pruned_path)) == read_signature(onnx.load(path))   # still batch 1, same IO
     assert DetectorEngine(pruned_path, warmup_runs=0).info.output_format == layout
+
+
+def test_a_fixed_batch_resize_to_constant_sizes_is_freed(tmp_path):
+    """FPN upsampling in a batch-1 export is a Resize to constant sizes [1, C, H', W']: it resizes by scales instead,
+    so the converted graph runs batches and gives what ONNX Runtime gives per image."""
+    rng = np.random.default_rng(0)
+    weights = [helper.make_tensor(name, TensorProto.FLOAT, shape, rng.normal(size=shape).astype(np.float32).ravel())
+               for name, shape in (("w0", [4, 3, 1, 1]), ("w1", [2, 4, 1, 1]))]
+    sizes = helper.make_tensor("sizes", TensorProto.INT64, [4], [1, 4, 2 * INPUT_HW[0], 2 * INPUT_HW[1]])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w0"], ["c0"]),
+         helper.make_node("Resize", ["c0", "", "", "sizes"], ["up"], mode="nearest"),
+         helper.make_node("Conv", ["up", "w1"], ["output"])], "fpn",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, *INPUT_HW])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 2, 2 * INPUT_HW[0], 2 * INPUT_HW[1]])],
+        [*weights, sizes])
+    path = tmp_path / "fpn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    imported = import_onnx(path)
+    images = rng.random((2, 3, *INPUT_HW), dtype=np.float32)
+    session = ort.InferenceSession(str(path))
+    expected = np.concatenate([session.run(None, {"images": images[i:i + 1]})[0] for i in range(2)])
+    with torch.no_grad():
+        np.testing.assert_allclose(imported.module(torch.from_numpy(images)).numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_unsupported_op_is_named_with_its_node(tmp_path):

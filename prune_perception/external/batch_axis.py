@@ -2,8 +2,9 @@
 
 Most detector exports fix the batch at 1 (YOLOX's ``export_onnx.py``, Ultralytics' default), and their graphs
 bake it into constant Reshape shapes such as ``[1, 85, -1]``. Fine-tuning and scoring run on batches, so
-before conversion such a graph gets a symbolic batch on its inputs and outputs, and every constant Reshape
-shape whose first entry is 1 has it turned into 0 (ONNX: copy that dimension from the input, i.e. the batch).
+before conversion such a graph gets a symbolic batch on its inputs and outputs, every constant Reshape
+shape whose first entry is 1 has it turned into 0 (ONNX: copy that dimension from the input, i.e. the batch),
+and a Resize to constant sizes resizes by the equivalent scales instead.
 The converted module is then checked: a batch of two must give what two single images give. A graph that
 still ties the batch to 1 is a ModelLoadError asking for a dynamic-batch export.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
@@ -53,12 +55,31 @@ def free_batch_axis(model: onnx.ModelProto) -> onnx.ModelProto:
             shape = shape.copy()
             shape[0] = 0
             tensor.CopyFrom(numpy_helper.from_array(shape, tensor.name))
+    _resize_sizes_to_scales(model, constants)
     for value in (*model.graph.input, *model.graph.output):
         dims = value.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
             dims[0].dim_param = "batch"
     del model.graph.value_info[:]
     return model
+
+
+def _resize_sizes_to_scales(model: onnx.ModelProto, constants: dict[str, onnx.TensorProto]) -> None:
+    """A Resize to constant ``sizes [1, C, H', W']`` becomes one by ``scales [1, 1, H'/H, W'/W]`` (shapes of the
+    fixed-batch graph), so it no longer pins the batch (upsampling in FPN necks of fixed-batch exports)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
+              for value in (*inferred.graph.value_info, *inferred.graph.input)}
+    for node in model.graph.node:
+        if node.op_type != "Resize" or len(node.input) < 4 or node.input[3] not in constants:
+            continue
+        sizes, input_shape = numpy_helper.to_array(constants[node.input[3]]), shapes.get(node.input[0], [])
+        if sizes.shape != (4,) or len(input_shape) != 4 or 0 in input_shape or list(sizes[:2]) != input_shape[:2]:
+            continue
+        scales = np.array([1.0, 1.0, sizes[2] / input_shape[2], sizes[3] / input_shape[3]], dtype=np.float32)
+        model.graph.initializer.append(numpy_helper.from_array(scales, f"{node.input[3]}__scales"))
+        node.input[2] = f"{node.input[3]}__scales"
+        del node.input[3]
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Label-free fine-tuning of a pruned student by distillation from its dense teacher on unlabeled frames.
 
-AdamW with per-tensor learning rates relative to each tensor's scale (:func:`relative_lr_groups`) and a
-cosine LR (down to ``lr * min_lr_ratio``), random horizontal flips (the teacher sees
+AdamW (on a student without any BatchNorm, e.g. with ``distill.batchnorm`` off, per-tensor learning
+rates relative to each tensor's scale: :func:`relative_lr_groups`) and a cosine LR (down to ``lr * min_lr_ratio``), random horizontal flips (the teacher sees
 the same flipped frame, so its outputs stay the target), agreement on the held-out frames after
 every ``eval_interval`` epochs, early stop after ``patience`` evaluations without gain, and the best
 weights restored at the end. ``time_limit_min`` stops between epochs.
@@ -40,6 +40,8 @@ def relative_lr_groups(parameters, lr: float) -> list[dict]:
     Exported graphs fold BatchNorm into the convs, so weight scales differ by orders of magnitude
     between layers (a first conv on 0..255 pixels has weights ~1e-3); AdamW's steps are ~lr in
     absolute size whatever the scale, so one lr either destroys small tensors or never moves large ones.
+    With BatchNorm after the convs (re-inserted, or the model's own) a conv's scale no longer matters and
+    one plain lr is better (measured: docs/external-models.md).
     """
     groups = []
     for parameter in parameters:
@@ -64,8 +66,10 @@ def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: Agree
                           f"{optim.batch_size}, {optim.lr}")
     student = loss.student
     generator = torch.Generator().manual_seed(optim.seed)
-    optimizer = torch.optim.AdamW(relative_lr_groups(loss.student_parameters(), optim.lr),
-                                  weight_decay=optim.weight_decay)
+    normalised = any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in student.modules())
+    parameters = [p for p in loss.student_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters if normalised else relative_lr_groups(parameters, optim.lr),
+                                  lr=optim.lr, weight_decay=optim.weight_decay)
     batches_per_epoch = math.ceil(len(frames) / optim.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=optim.epochs * batches_per_epoch,
                                                            eta_min=optim.lr * optim.min_lr_ratio)

@@ -100,6 +100,8 @@ class GraphPruner:
         self._check_on_copy(importance, keep_layers)
         self.pruner = self._meta_pruner(model, importance, keep_layers)
         self.steps_done = 0
+        self.kept_out_channels: dict[str, list[int]] = {}
+        """Per pruned conv (module name): the dense model's indices of the output channels still there."""
 
     def _meta_pruner(self, model: nn.Module, importance, keep_layers) -> tp.pruner.MetaPruner:
         try:
@@ -135,8 +137,22 @@ class GraphPruner:
         """Remove the next share of channels (torch-pruning reads .grad for Taylor importance)."""
         if self.steps_done >= self.spec.iterative_steps:
             raise RuntimeError("all pruning steps are done")
-        self.pruner.step()
+        names = {module: name for name, module in self.model.named_modules()}
+        for group in self.pruner.step(interactive=True):
+            self._record_removed_channels(group, names)
+            group.prune()
         self.steps_done += 1
+
+    def _record_removed_channels(self, group, names: dict[nn.Module, str]) -> None:
+        seen = set()
+        for dep, indices in group:
+            module = dep.target.module
+            if (isinstance(module, nn.Conv2d) and self.pruner.DG.is_out_channel_pruning_fn(dep.handler)
+                    and module not in seen):
+                seen.add(module)
+                removed = set(tp._helpers.to_plain_idxs(indices))
+                kept = self.kept_out_channels.get(names[module], range(module.out_channels))
+                self.kept_out_channels[names[module]] = [k for i, k in enumerate(kept) if i not in removed]
 
 
 def _step_without_gradients(pruner: tp.pruner.MetaPruner, importance) -> None:

@@ -26,6 +26,7 @@ from prune_perception.config import (ExternalPruneConfig, LabelFreeDistillSettin
                                      to_dict)
 from prune_perception.errors import ConfigError
 from prune_perception.external.agreement import Agreement, AgreementScorer
+from prune_perception.external.batchnorm_reinsertion import fold_batchnorm, insert_batchnorm
 from prune_perception.external.distill_finetune import FinetuneResult, distill_finetune
 from prune_perception.external.frames import UnlabeledFrames, load_frames
 from prune_perception.external.graph_pruning import GraphPruner, PrunePlan
@@ -132,13 +133,16 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
         pruner.step()
         student.zero_grad(set_to_none=True)
         cost, pruned_score = model_cost(student, input_hw), scorer.score(student)
+        calibrated = distill.batchnorm and insert_batchnorm(
+            student, teacher, frames.train, pruner.kept_out_channels, pruner.plan.protected, finetune.batch_size)
         tuned: FinetuneResult | None = None
         if finetune.epochs > 0:
             loss = DistillationLoss(teacher, student, layout, terms, pruner.plan.protected, distill.pseudo_threshold,
                                     example_input, user_loss)
             tuned = distill_finetune(loss, frames.train, scorer, finetune, progress)
+        fold_batchnorm(student)
         rows.append(_row(step, round(spec.ratio * step / spec.iterative_steps, 6), cost, pruned_score,
-                         tuned.best if tuned else pruned_score, time.monotonic() - started,
+                         tuned.best if tuned else scorer.score(student) if calibrated else pruned_score, time.monotonic() - started,
                          tuned.epochs if tuned else None))
         if progress:
             tqdm.write(f"step {step}: params {cost.params:,} MACs {cost.macs / 1e6:.1f}M, agreement "
