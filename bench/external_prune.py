@@ -5,7 +5,8 @@ and, with `--native-checkpoint`, our own detector exported to ONNX:
 
 1. the *train* split of `--data` is written as a rosbag2 bag (`bag from-dataset`); its images are the only
    fine-tuning data and its labels are never read;
-2. `prune(ExternalPruneConfig)`: import, prune at `--ratio` (widths rounded to 8), fine-tune by label-free
+2. `prune(ExternalPruneConfig)`: import, prune at the model's ratio (`:RATIO`, `--native-ratio`, else `--ratio`;
+   widths rounded to 8), fine-tune by label-free
    distillation from the dense model, agreement (pruned vs dense detections) on held-out bag frames;
 3. dense and pruned ONNX timed round-robin through the runtime engine (ONNX Runtime CPU, `--threads`,
    warm-up, `--runs` timed runs, p50 / p99 of inference);
@@ -17,8 +18,8 @@ For the native model the same ratio is also pruned *with* labels (`prune()` on t
 what the labels buy. Writes results.json and summary.md to --output.
 
     make env && .venv/bin/python bench/external_prune.py --data runs/ext/synth \\
-        --model runs/ext/yolox_nano.onnx:yolox --model runs/ext/yolov8n.onnx:yolov8 \\
-        --native-checkpoint runs/demo/train/best.pt --ratio 0.4 --epochs 6 -o runs/bench_external
+        --model runs/ext/yolox_nano.onnx:yolox:0.4 --model runs/ext/yolov8n.onnx:yolov8:0.3 \\
+        --native-checkpoint runs/demo/train/best.pt --native-ratio 0.25 --epochs 12 -o runs/bench_external
 """
 
 from __future__ import annotations
@@ -34,11 +35,23 @@ from prune_perception.errors import PrunePerceptionError
 TARGETS = {"macs_cut": 0.40, "speedup": 1.5, "labeled_drop_points": 2.0}
 
 
-def model_argument(text: str) -> tuple[Path, str]:
-    path, _, model_format = text.rpartition(":")
-    if not path or model_format not in ("yolox", "yolov8", "native", "auto"):
-        raise argparse.ArgumentTypeError(f"expected FILE.onnx:FORMAT (yolox, yolov8, native, auto), got {text!r}")
-    return Path(path), model_format
+FORMATS = ("yolox", "yolov8", "native", "auto")
+
+
+def model_argument(text: str) -> tuple[Path, str, float | None]:
+    """FILE.onnx:FORMAT[:RATIO] -> (path, format, ratio or None for --ratio)."""
+    path, _, last = text.rpartition(":")
+    ratio = None
+    if last not in FORMATS and path.rpartition(":")[2] in FORMATS:
+        try:
+            ratio = float(last)
+        except ValueError:
+            ratio = -1.0
+        path, _, last = path.rpartition(":")
+    if not path or last not in FORMATS or (ratio is not None and not 0 < ratio < 1):
+        raise argparse.ArgumentTypeError(f"expected FILE.onnx:FORMAT[:RATIO] (yolox, yolov8, native, auto; ratio in "
+                                         f"(0, 1)), got {text!r}")
+    return Path(path), last, ratio
 
 
 def split_bag(data: Path, split: str, output: Path) -> Path:
@@ -52,7 +65,7 @@ def split_bag(data: Path, split: str, output: Path) -> Path:
     return bag
 
 
-def prune_label_free(name: str, model: Path, model_format: str, args: argparse.Namespace, bag: Path,
+def prune_label_free(name: str, model: Path, model_format: str, ratio: float, args: argparse.Namespace, bag: Path,
                      output: Path) -> dict:
     from prune_perception.config import ExternalPruneConfig, load_config
     from prune_perception.pruning import prune
@@ -60,20 +73,20 @@ def prune_label_free(name: str, model: Path, model_format: str, args: argparse.N
     overrides = [f"external.model={model}", f"external.model_format={model_format}", f"external.images=[{bag}]",
                  f"external.class_names={json.dumps(args.class_names)}",
                  f"external.max_frames={args.max_frames}", f"external.labeled_data={args.data}",
-                 "external.labeled_split=val", f"prune.ratio={args.ratio}", f"prune.method={args.method}",
+                 "external.labeled_split=val", f"prune.ratio={ratio}", f"prune.method={args.method}",
                  f"finetune.epochs={args.epochs}", f"output={output / name}"]
     config = load_config(ExternalPruneConfig, None, overrides)
     started = time.monotonic()
     result = prune(config, progress=True)
     dense, final = result.history[0], result.history[-1]
-    return {"dense_onnx": str(model), "pruned_onnx": str(result.path), "format": model_format,
+    return {"dense_onnx": str(model), "pruned_onnx": str(result.path), "format": model_format, "ratio": ratio,
             "params": [dense.params, final.params], "macs": [dense.macs, final.macs],
             "agreement_mAP50": final.mAP50, "agreement_mAP50_95": final.mAP50_95,
             "labeled_mAP50": [dense.labeled_mAP50, final.labeled_mAP50],
             "prune_seconds": round(time.monotonic() - started, 1)}
 
 
-def prune_with_labels(checkpoint: Path, args: argparse.Namespace, output: Path) -> dict:
+def prune_with_labels(checkpoint: Path, ratio: float, args: argparse.Namespace, output: Path) -> dict:
     """Our own detector pruned at the same ratio with its labels (the checkpoint path), exported to ONNX."""
     from prune_perception.config import PruneConfig, load_config
     from prune_perception.evaluation.evaluate import evaluate_onnx
@@ -81,7 +94,7 @@ def prune_with_labels(checkpoint: Path, args: argparse.Namespace, output: Path) 
     from prune_perception.pruning import prune
 
     config = load_config(PruneConfig, None, [
-        f"checkpoint={checkpoint}", f"data.train={args.data}", f"data.val={args.data}", f"prune.ratio={args.ratio}",
+        f"checkpoint={checkpoint}", f"data.train={args.data}", f"data.val={args.data}", f"prune.ratio={ratio}",
         f"prune.method={args.method}", "prune.round_to=8", f"finetune.epochs={args.epochs}",
         f"output={output / 'native_labeled'}"])
     result = prune(config, progress=True)
@@ -121,19 +134,19 @@ def _points(value: float | None) -> str:
 
 def summary_markdown(rows: dict[str, dict], args: argparse.Namespace) -> str:
     lines = ["# Pruning detectors we did not write, without labels", "",
-             f"Ratio {args.ratio:g} ({args.method}, widths rounded to 8), {args.epochs} label-free fine-tuning epochs "
+             f"Channel ratio per model ({args.method}, widths rounded to 8), {args.epochs} label-free fine-tuning epochs "
              f"on the frames of a bag of the synthetic *train* split (labels unused); scored on the *val* split. "
              f"ONNX Runtime CPU, {args.threads} thread(s), {args.runs} timed runs round-robin (inference).", "",
-             "| model | params | MACs (M) | MACs cut | p50 (ms) | p99 (ms) | speed-up | agreement mAP50 | "
+             "| model | ratio | params | MACs (M) | MACs cut | p50 (ms) | p99 (ms) | speed-up | agreement mAP50 | "
              "labeled mAP50 dense → pruned | Δ points | replay = offline mAP50 | targets met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         (dense_params, params), (dense_macs, macs) = r["params"], r["macs"]
         dense_map, pruned_map = r["labeled_mAP50"]
         drop = None if dense_map is None or pruned_map is None else 100 * (dense_map - pruned_map)
         check = r.get("replay", {})
         lines.append(
-            f"| {name} | {dense_params:,} → {params:,} | {dense_macs / 1e6:.0f} → {macs / 1e6:.0f} | "
+            f"| {name} | {r['ratio']:g} | {dense_params:,} → {params:,} | {dense_macs / 1e6:.0f} → {macs / 1e6:.0f} | "
             f"{1 - macs / dense_macs:.0%} | {r['p50_ms'][0]:.2f} → {r['p50_ms'][1]:.2f} | "
             f"{r['p99_ms'][0]:.2f} → {r['p99_ms'][1]:.2f} | {r['speedup']:.2f}x | {_points(r['agreement_mAP50'])} | "
             f"{_points(dense_map)} → {_points(pruned_map)} | {'-' if drop is None else f'{-drop:+.1f}'} | "
@@ -161,7 +174,7 @@ def targets_met(row: dict) -> bool:
 def write_results(rows: dict[str, dict], args: argparse.Namespace) -> str:
     """results.json and summary.md in --output; returns the Markdown."""
     (args.output / "results.json").write_text(json.dumps({
-        "ratio": args.ratio, "method": args.method, "epochs": args.epochs, "threads": args.threads, "runs": args.runs,
+        "method": args.method, "epochs": args.epochs, "threads": args.threads, "runs": args.runs,
         "targets": TARGETS, "models": rows, "failed": getattr(args, "failed", {})}, indent=2))
     markdown = summary_markdown(rows, args)
     (args.output / "summary.md").write_text(markdown)
@@ -171,10 +184,13 @@ def write_results(rows: dict[str, dict], args: argparse.Namespace) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="synthetic dataset (train + val splits)")
-    parser.add_argument("--model", type=model_argument, action="append", default=[], metavar="FILE.onnx:FORMAT",
-                        help="an external ONNX detector and its output format (repeatable)")
+    parser.add_argument("--model", type=model_argument, action="append", default=[],
+                        metavar="FILE.onnx:FORMAT[:RATIO]",
+                        help="an external ONNX detector, its output format and its channel ratio (default --ratio; "
+                             "repeatable)")
     parser.add_argument("--native-checkpoint", type=Path, help="our own detector's dense checkpoint (train's best.pt)")
-    parser.add_argument("--ratio", type=float, default=0.4)
+    parser.add_argument("--ratio", type=float, default=0.4, help="channel ratio of models given without one")
+    parser.add_argument("--native-ratio", type=float, help="the native model's ratio (default --ratio)")
     parser.add_argument("--method", default="l1")
     parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs (label-free and labeled)")
     parser.add_argument("--max-frames", type=int, default=1000, help="unlabeled frames read from the train bag")
@@ -191,24 +207,25 @@ def main() -> int:
 
         args.class_names = list(load_dataset(args.data, "val").classes)   # the models' classes, in category order
         bag = split_bag(args.data, "train", args.output)
-        models = {path.stem: (path, model_format) for path, model_format in args.model}
+        models = {path.stem: (path, model_format, ratio or args.ratio) for path, model_format, ratio in args.model}
         if args.native_checkpoint is not None:
             from prune_perception.export.onnx_export import export_onnx
 
             native = args.output / "native_dense.onnx"
             export_onnx(args.native_checkpoint, native, dynamic_batch=True)   # our export's Resize sizes fix batch 1
-            models["native"] = (native, "native")
+            models["native"] = (native, "native", args.native_ratio or args.ratio)
         rows, failed = {}, {}
-        for name, (path, model_format) in models.items():
+        for name, (path, model_format, ratio) in models.items():
             try:
-                rows[name] = prune_label_free(name, path, model_format, args, bag, args.output)
+                rows[name] = prune_label_free(name, path, model_format, ratio, args, bag, args.output)
                 (args.output / "pruned_so_far.json").write_text(json.dumps(rows, indent=2))
             except PrunePerceptionError as exc:   # one model that cannot be pruned does not stop the others
                 failed[name] = str(exc)
                 print(f"external_prune: {name}: {exc}", file=sys.stderr)
         args.failed = failed
         if "native" in rows:
-            rows["native"]["labeled"] = prune_with_labels(args.native_checkpoint, args, args.output)
+            rows["native"]["labeled"] = prune_with_labels(args.native_checkpoint, rows["native"]["ratio"], args,
+                                                          args.output)
         paths = [Path(p) for r in rows.values() for p in (r["dense_onnx"], r["pruned_onnx"])]
         timings = time_models(paths, args)
         for index, row in enumerate(rows.values()):

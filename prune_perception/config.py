@@ -181,6 +181,7 @@ class LabelFreeDistillSettings:
     pseudo_threshold: float = 0.35     # teacher class probability that makes a cell a pseudo-label positive
     taylor_input_noise: float = 0.05   # taylor importance: the student sees frames + this much noise (x input range)
     batchnorm: bool = True             # BatchNorm after the pruned convs, calibrated to the dense model (folded back)
+    min_crop: float = 1.0              # zoom-in crops of >= this fraction of each side while fine-tuning (1: flips only)
 
 
 def _external_prune_defaults() -> PruneSettings:

@@ -24,6 +24,7 @@ from prune_perception.config import (ExternalModelSettings, ExternalPruneConfig,
                                      OptimConfig, PruneSettings)
 from prune_perception.errors import ConfigError, DatasetError, ModelLoadError
 from prune_perception.external.batchnorm_reinsertion import fold_batchnorm, insert_batchnorm
+from prune_perception.external.distill_finetune import augment
 from prune_perception.external.frames import load_frames
 from prune_perception.external.graph_pruning import GraphPruner
 from prune_perception.external.layout import RAW_FORMAT, DetectorLayout
@@ -235,6 +236,20 @@ def test_batchnorm_is_reinserted_calibrated_to_the_teacher_and_folded_back(model
     assert all(dict(student.named_modules())[name] is conv for name, conv in convs.items())
     with torch.no_grad():
         torch.testing.assert_close(student(images), trained, atol=1e-3, rtol=1e-3)
+
+
+def test_augmentation_flips_and_zooms_in_and_refuses_a_bad_crop_fraction(models, frames_dir):
+    images = torch.rand(32, 3, *INPUT_HW, generator=torch.Generator().manual_seed(0))
+    flipped = augment(images, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) or torch.equal(a, b.flip(-1)) for a, b in zip(flipped, images))
+    zoomed = augment(images, torch.Generator().manual_seed(1), min_crop=0.6)
+    assert zoomed.shape == images.shape
+    changed = [not (torch.equal(a, b) or torch.equal(a, b.flip(-1))) for a, b in zip(zoomed, images)]
+    assert 4 <= sum(changed) <= 28   # about half the frames are zoomed in
+    config = _config(models["yolox"], frames_dir, "unused")
+    config.distill.min_crop = 0.0
+    with pytest.raises(ConfigError, match="min_crop must be in"):
+        prune_external(config, progress=False)
 
 
 def test_in_memory_module_with_raw_layout_and_user_loss(frames_dir):

@@ -1,8 +1,8 @@
 """Label-free fine-tuning of a pruned student by distillation from its dense teacher on unlabeled frames.
 
 AdamW (on a student without any BatchNorm, e.g. with ``distill.batchnorm`` off, per-tensor learning
-rates relative to each tensor's scale: :func:`relative_lr_groups`) and a cosine LR (down to ``lr * min_lr_ratio``), random horizontal flips (the teacher sees
-the same flipped frame, so its outputs stay the target), agreement on the held-out frames after
+rates relative to each tensor's scale: :func:`relative_lr_groups`) and a cosine LR (down to ``lr * min_lr_ratio``), random horizontal flips and zoom-in crops (the teacher
+sees the same augmented frame, so its outputs stay the target), agreement on the held-out frames after
 every ``eval_interval`` epochs, early stop after ``patience`` evaluations without gain, and the best
 weights restored at the end. ``time_limit_min`` stops between epochs.
 """
@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from prune_perception.config import OptimConfig
@@ -51,19 +52,39 @@ def relative_lr_groups(parameters, lr: float) -> list[dict]:
     return groups
 
 
-def _flip_half(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(images: torch.Tensor, generator: torch.Generator, min_crop: float = 1.0) -> torch.Tensor:
+    """Half the images flipped; with ``min_crop < 1`` half of them zoomed in: a random crop of at least
+    ``min_crop`` of each side, resized back (the teacher sees the same frame, so its outputs stay the target)."""
     flip = torch.rand(len(images), generator=generator) < 0.5
     images = images.clone()
     images[flip] = images[flip].flip(-1)
+    if min_crop >= 1.0:
+        return images
+    height, width = images.shape[-2:]
+    for index in torch.nonzero(torch.rand(len(images), generator=generator) < 0.5).flatten().tolist():
+        fraction = min_crop + (1 - min_crop) * float(torch.rand((), generator=generator))
+        crop_h, crop_w = max(1, round(height * fraction)), max(1, round(width * fraction))
+        top = int(torch.randint(height - crop_h + 1, (), generator=generator))
+        left = int(torch.randint(width - crop_w + 1, (), generator=generator))
+        crop = images[index:index + 1, :, top:top + crop_h, left:left + crop_w]
+        images[index] = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)[0]
     return images
 
 
+def check_min_crop(min_crop: float) -> None:
+    """ConfigError unless 0 < min_crop <= 1."""
+    if not 0 < min_crop <= 1:
+        raise ConfigError(f"distill.min_crop must be in (0, 1] (1: no zoom-in crops), got {min_crop}")
+
+
 def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: AgreementScorer, optim: OptimConfig,
-                     progress: bool = True, dense: Agreement | None = None) -> FinetuneResult:
-    """Fine-tune ``loss.student`` in place on ``frames`` (float16/32 ``[N,3,H,W]``); returns the history."""
+                     progress: bool = True, min_crop: float = 1.0) -> FinetuneResult:
+    """Fine-tune ``loss.student`` in place on ``frames`` (float16/32 ``[N,3,H,W]``, augmented: :func:`augment`);
+    returns the history."""
     if optim.epochs < 1 or optim.batch_size < 1 or optim.lr <= 0:
         raise ConfigError(f"fine-tuning needs epochs >= 1, batch_size >= 1 and lr > 0, got {optim.epochs}, "
                           f"{optim.batch_size}, {optim.lr}")
+    check_min_crop(min_crop)
     student = loss.student
     generator = torch.Generator().manual_seed(optim.seed)
     normalised = any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in student.modules())
@@ -83,8 +104,8 @@ def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: Agree
         bar = tqdm(range(batches_per_epoch), desc=f"distill {epoch}/{optim.epochs}", unit="batch",
                    disable=not progress, leave=False)
         for index in bar:
-            images = _flip_half(frames[order[index * optim.batch_size:(index + 1) * optim.batch_size]].float(),
-                                generator)
+            images = augment(frames[order[index * optim.batch_size:(index + 1) * optim.batch_size]].float(),
+                             generator, min_crop)
             value, _ = loss(images)
             optimizer.zero_grad(set_to_none=True)
             value.backward()

@@ -27,7 +27,7 @@ from prune_perception.config import (ExternalPruneConfig, LabelFreeDistillSettin
 from prune_perception.errors import ConfigError
 from prune_perception.external.agreement import Agreement, AgreementScorer
 from prune_perception.external.batchnorm_reinsertion import fold_batchnorm, insert_batchnorm
-from prune_perception.external.distill_finetune import FinetuneResult, distill_finetune
+from prune_perception.external.distill_finetune import FinetuneResult, check_min_crop, distill_finetune
 from prune_perception.external.frames import UnlabeledFrames, load_frames
 from prune_perception.external.graph_pruning import GraphPruner, PrunePlan
 from prune_perception.external.label_free_loss import DistillationLoss, UserLoss, parse_terms
@@ -115,6 +115,7 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
     user's own term to the distillation loss.
     """
     check_supported(settings)
+    check_min_crop(distill.min_crop)
     terms = parse_terms(distill.loss, layout.decodable)
     teacher = model.eval()
     student = copy.deepcopy(teacher).requires_grad_(True)   # the teacher is frozen once distillation has used it
@@ -139,7 +140,7 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
         if finetune.epochs > 0:
             loss = DistillationLoss(teacher, student, layout, terms, pruner.plan.protected, distill.pseudo_threshold,
                                     example_input, user_loss)
-            tuned = distill_finetune(loss, frames.train, scorer, finetune, progress)
+            tuned = distill_finetune(loss, frames.train, scorer, finetune, progress, distill.min_crop)
         fold_batchnorm(student)
         rows.append(_row(step, round(spec.ratio * step / spec.iterative_steps, 6), cost, pruned_score,
                          tuned.best if tuned else scorer.score(student) if calibrated else pruned_score, time.monotonic() - started,
@@ -200,6 +201,7 @@ def start_imported(config: ExternalPruneConfig, progress: bool = True) -> Import
     started = time.monotonic()
     schedule = check_supported(config.prune)
     parse_terms(config.distill.loss, True)
+    check_min_crop(config.distill.min_crop)
     Path(config.output).mkdir(parents=True, exist_ok=True)
     ext = config.external
     if not ext.model:
