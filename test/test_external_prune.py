@@ -32,6 +32,7 @@ from prune_perception.external.onnx_import import import_onnx, read_signature
 from prune_perception.external.label_free_loss import parse_terms
 from prune_perception.external.onnx_writer import EXTERNAL_PRUNING_KEY
 from prune_perception.external.pipeline import prune_external, prune_module, start_imported
+from prune_perception.external.latency_search import smallest_meeting_ratio
 from prune_perception.external.split_convs import split_producing_convs
 from prune_perception.export.onnx_export import slim_model
 from prune_perception.models.cost import model_cost
@@ -508,6 +509,42 @@ def test_budget_search_keeps_the_dense_model_when_no_candidate_agrees_enough(mod
     assert "none of 1 candidate(s) within budget" in result.summary[-1]
     with pytest.raises(ConfigError, match="decodable output layout"):
         prune(_config(models["unknown"], frames_dir, tmp_path / "raw", budget=1.0), progress=False)
+
+
+def test_latency_target_the_dense_model_meets_keeps_it_and_an_unreachable_one_is_one_error(models, frames_dir,
+                                                                                             tmp_path):
+    from prune_perception.pruning import prune
+
+    config = _config(models["yolox"], frames_dir, tmp_path / "met", latency_ms=10_000.0, latency_runs=5)
+    result = prune(config, progress=False)
+    assert result.kept_dense and result.chosen_ratio is None
+    assert (tmp_path / "met" / "pruned.onnx").read_bytes() == models["yolox"].read_bytes()
+    history = json.loads((tmp_path / "met" / "history.json").read_text())
+    assert history["latency"]["chosen_ratio"] is None and history["latency"]["dense_p50_ms"] < 10_000
+    assert "written unchanged" in result.summary[-1]
+    from prune_perception.cli import main
+    assert main(["report", str(tmp_path / "met"), "-o", str(tmp_path / "report"), "-q"]) == 0
+    assert "latency ≤ 10000 ms" in (tmp_path / "report" / "report.html").read_text()
+
+    unreachable = _config(models["yolox"], frames_dir, tmp_path / "fast", latency_ms=1e-6, latency_runs=5)
+    unreachable.finetune.epochs = 0
+    with pytest.raises(ConfigError, match=r"latency target 1e-06 ms is below what pruning reaches here: ratio 0\.7 "
+                                          r"runs at [0-9.]+ ms \(dense [0-9.]+ ms"):
+        prune(unreachable, progress=False)
+    with pytest.raises(ConfigError, match="not both yet"):
+        prune(_config(models["yolox"], frames_dir, tmp_path / "both", latency_ms=5.0, budget=1.0), progress=False)
+
+
+def test_the_latency_search_bisects_to_the_smallest_ratio_that_meets_the_target():
+    asked = []
+
+    def meets(ratio):
+        asked.append(ratio)
+        return ratio >= 0.37
+
+    chosen = smallest_meeting_ratio(meets, 0.7, 0.05)
+    assert 0.37 <= chosen <= 0.37 + 0.05 and len(asked) == 4
+    assert smallest_meeting_ratio(lambda ratio: True, 0.7, 0.05) <= 0.05
 
 
 def test_auto_loss_is_output_and_pseudo_labels_when_decodable_and_raw_otherwise():

@@ -82,7 +82,8 @@ def imported_run(folder: Path, history: dict, settings: dict) -> PruningRun:
         raise ConfigError(f"{folder}: an imported model with a raw output layout has no mAP to report "
                           "(history.json lists its raw-output error)")
     budget = history.get("budget", {}).get("points")
-    return PruningRun(folder.name, steps, settings, {}, {}, None, float(budget) if budget is not None else None)
+    return PruningRun(folder.name, steps, settings, {}, {}, history.get("latency"),
+                      float(budget) if budget is not None else None)
 
 
 def budget_steps(history: dict) -> list[dict]:

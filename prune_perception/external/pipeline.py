@@ -80,9 +80,6 @@ def check_supported(settings: PruneSettings) -> str:
     schedule = resolve_schedule(settings)
     if schedule == "elastic":
         raise ConfigError("the elastic schedule is not available for imported models; use oneshot or iterative")
-    if settings.latency_ms is not None:
-        raise ConfigError("the latency-target search (--latency-ms) does not take imported models yet: use --budget "
-                          "(the fastest measured candidate ratio within an accuracy budget) or one --ratio")
     return schedule
 
 
@@ -115,6 +112,9 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
     user's own term to the distillation loss.
     """
     check_supported(settings)
+    if settings.latency_ms is not None or settings.budget is not None:
+        raise ConfigError("prune_module prunes at prune.ratio: a latency target or an accuracy budget is searched by "
+                          "prune(ExternalPruneConfig) (prune --latency-ms / --budget)")
     check_min_crop(distill.min_crop)
     terms = parse_terms(distill.loss, layout.decodable)
     teacher = model.eval()
@@ -222,7 +222,7 @@ def prune_imported_at(run: ImportedRun, ratio: float, path: Path, progress: bool
     """Prune a fresh copy of the imported model at `ratio`, fine-tune it, write it as a drop-in ONNX at `path`;
     the labeled scores (when a labeled set is configured) are filled on the dense and the final row."""
     config = run.config
-    settings = dataclasses.replace(config.prune, ratio=ratio, budget=None)
+    settings = dataclasses.replace(config.prune, ratio=ratio, budget=None, latency_ms=None)
     student, result = prune_module(run.imported.module, run.imported.example_input(), run.layout, run.frames,
                                    settings, config.finetune, config.distill, config.external.keep_layers,
                                    progress=progress)

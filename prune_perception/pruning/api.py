@@ -92,7 +92,8 @@ def prune(config: PruneConfig | ExternalPruneConfig, progress: bool = True,
 
 
 def _prune_imported(config: ExternalPruneConfig, progress: bool, fan_out: FanOutSettings | None) -> PruneResult:
-    """The `external` mode: one ratio (one-shot or iterative) or an accuracy-budget search, label-free, one process."""
+    """The `external` mode: one ratio (one-shot or iterative), an accuracy-budget or a latency-target search,
+    label-free, one process."""
     from prune_perception.external.pipeline import prune_external   # onnx2torch only for imported models
 
     if fan_out is not None:
@@ -101,7 +102,12 @@ def _prune_imported(config: ExternalPruneConfig, progress: bool, fan_out: FanOut
     if env_context().is_distributed:
         raise ConfigError("imported models are pruned in one process: run without torchrun")
     candidates, chosen_ratio = [], config.prune.ratio
-    if config.prune.budget is not None:
+    if config.prune.latency_ms is not None:
+        from prune_perception.external.latency_search import search_imported_latency
+
+        path, steps, candidates = search_imported_latency(config, progress)
+        chosen_ratio = steps[-1].ratio if len(steps) > 1 else None
+    elif config.prune.budget is not None:
         validate_budget_settings(config.prune)
         from prune_perception.external.budget_search import search_imported_budget
 
@@ -118,10 +124,15 @@ def _prune_imported(config: ExternalPruneConfig, progress: bool, fan_out: FanOut
     if final.labeled_mAP50 is not None:
         summary.append(f"labeled mAP50 {dense.labeled_mAP50:.3f} -> {final.labeled_mAP50:.3f} "
                        f"({config.external.labeled_data})")
-    if config.prune.budget is not None:
+    if config.prune.latency_ms is not None:
+        summary.append(f"latency target {config.prune.latency_ms:g} ms: " + (
+            f"ratio {chosen_ratio:g}, the smallest that meets it (history.json: achieved p50/p99)"
+            if chosen_ratio is not None else "the dense model meets it: written unchanged"))
+    elif config.prune.budget is not None:
         summary.append(f"budget {config.prune.budget:g} points: " + (
             f"ratio {chosen_ratio:g} of {len(candidates)} candidate(s), the fastest within budget"
             if chosen_ratio is not None else f"none of {len(candidates)} candidate(s) within budget: the dense model "
                                              "was written unchanged"))
     return PruneResult("external", path, Path(config.output), steps, summary, candidates, chosen_ratio,
-                       kept_dense=config.prune.budget is not None and chosen_ratio is None)
+                       kept_dense=(config.prune.budget is not None or config.prune.latency_ms is not None)
+                       and chosen_ratio is None)
