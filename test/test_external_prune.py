@@ -570,7 +570,7 @@ def test_prune_command_on_an_onnx_detector(models, frames_dir, tmp_path, capsys)
     assert lines[0].startswith(f"pruned ONNX: {out / 'pruned.onnx'}") and "agreement with the dense model" in lines[1]
     assert main(["report", str(out), "-o", str(tmp_path / "report"), "-q"]) == 0   # the HTML report reads it too
     assert "agreement mAP50" in (tmp_path / "report" / "report.html").read_text()
-    for extra, message in ((["--checkpoint", "x.pt"], "exclude each other"), (["--latency-ms", "2"], "--latency-ms"),
+    for extra, message in ((["--checkpoint", "x.pt"], "exclude each other"), (["--latency-ms", "2", "--budget", "1"], "not both yet"),
                            (["--schedule", "elastic"], "elastic")):
         code = main(["prune", "--model", str(models["yolox"]), "--images", str(frames_dir), "-o", str(out), *extra])
         err = capsys.readouterr().err.strip()
