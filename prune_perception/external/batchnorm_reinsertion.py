@@ -27,6 +27,11 @@ class ConvWithBatchNorm(nn.Sequential):
         super().__init__(conv, batchnorm)
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether any BatchNorm layer is in ``model`` (a user's module, or one with BatchNorm re-inserted)."""
+    return any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -74,7 +79,7 @@ def insert_batchnorm(student: nn.Module, teacher: nn.Module, frames: torch.Tenso
     (module doc); the names wrapped. ``kept_out_channels``: per pruned conv, the teacher's indices of the
     channels the student kept (the others kept them all). A student with BatchNorm layers of its own (a
     user's module rather than an export) is left as it is."""
-    if any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in student.modules()):
+    if has_batchnorm(student):
         return []
     skipped = set(skip)
     convs = {name: module for name, module in student.named_modules()

@@ -1,9 +1,9 @@
 """Label-free fine-tuning of a pruned student by distillation from its dense teacher on unlabeled frames.
 
 AdamW (on a student without any BatchNorm, e.g. with ``distill.batchnorm`` off, per-tensor learning
-rates relative to each tensor's scale: :func:`relative_lr_groups`) and a cosine LR (down to ``lr * min_lr_ratio``), random horizontal flips and zoom-in crops (the teacher
-sees the same augmented frame, so its outputs stay the target), agreement on the held-out frames after
-every ``eval_interval`` epochs, early stop after ``patience`` evaluations without gain, and the best
+rates relative to each tensor's scale: :func:`relative_lr_groups`) and a cosine LR (down to
+``lr * min_lr_ratio``), random horizontal flips and zoom-in crops (the teacher sees the same augmented
+frame, so its outputs stay the target), agreement on the held-out frames after every ``eval_interval`` epochs, early stop after ``patience`` evaluations without gain, and the best
 weights restored at the end. ``time_limit_min`` stops between epochs.
 """
 
@@ -21,6 +21,7 @@ from tqdm import tqdm
 from prune_perception.config import OptimConfig
 from prune_perception.errors import ConfigError
 from prune_perception.external.agreement import Agreement, AgreementScorer
+from prune_perception.external.batchnorm_reinsertion import has_batchnorm
 from prune_perception.external.label_free_loss import DistillationLoss
 
 MIN_RMS = 1e-4
@@ -87,9 +88,8 @@ def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: Agree
     check_min_crop(min_crop)
     student = loss.student
     generator = torch.Generator().manual_seed(optim.seed)
-    normalised = any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in student.modules())
     parameters = [p for p in loss.student_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters if normalised else relative_lr_groups(parameters, optim.lr),
+    optimizer = torch.optim.AdamW(parameters if has_batchnorm(student) else relative_lr_groups(parameters, optim.lr),
                                   lr=optim.lr, weight_decay=optim.weight_decay)
     batches_per_epoch = math.ceil(len(frames) / optim.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=optim.epochs * batches_per_epoch,

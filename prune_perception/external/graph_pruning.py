@@ -22,6 +22,7 @@ import torch_pruning as tp
 from torch import nn
 
 from prune_perception.errors import ConfigError, ModelLoadError
+from prune_perception.external.batchnorm_reinsertion import has_batchnorm
 from prune_perception.external.layout import as_output_list
 from prune_perception.external.output_layers import CHANNEL_MIXING, output_layers
 from prune_perception.pruning.structured import PruneSpec
@@ -91,8 +92,7 @@ class GraphPruner:
         if spec.layer_ratios:
             raise ConfigError("layer_ratios name arch-spec layers of our own detector; imported models take "
                               "keep_layers instead")
-        if isinstance(importance, tp.importance.BNScaleImportance) and not any(
-                isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules()):
+        if isinstance(importance, tp.importance.BNScaleImportance) and not has_batchnorm(model):
             raise ConfigError("importance bn_scale needs BatchNorm layers, and this model has none (ONNX exports fold "
                               "them into the convs): use l1, l2, taylor or random")
         self.model, self.spec, self.example_input = model, spec, example_input

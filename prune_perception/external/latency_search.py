@@ -2,7 +2,7 @@
 latency, then fine-tuned without labels.
 
 Latency depends on the pruned structure, not on the weights, so candidates are pruned from the dense model and
-exported without fine-tuning (BatchNorm calibration only), each timed round-robin with the dense model through
+exported without fine-tuning or BatchNorm calibration, each timed round-robin with the dense model through
 the runtime engine (``latency_device``, ``latency_threads``, ``latency_runs``). The ratio is bisected between 0
 and ``max_search_ratio`` on the measured p50 against target x (1 - ``latency_margin``), down to
 ``budget_tolerance``. The chosen ratio is then pruned again and fine-tuned like any ``--ratio`` run, and dense
@@ -45,10 +45,12 @@ class LatencyCandidate:
 
 
 def _structure_only(run: ImportedRun) -> ImportedRun:
-    """The same run without fine-tuning and without labeled scoring: candidates for timing only."""
+    """The same run without fine-tuning, BatchNorm calibration or labeled scoring: candidates for timing only
+    (latency depends on the pruned structure, not on the weights)."""
     config = run.config
     return dataclasses.replace(run, config=dataclasses.replace(
         config, finetune=dataclasses.replace(config.finetune, epochs=0),
+        distill=dataclasses.replace(config.distill, batchnorm=False),
         external=dataclasses.replace(config.external, labeled_data=None)), dense_labeled=None)
 
 

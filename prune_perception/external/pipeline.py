@@ -143,8 +143,8 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
             tuned = distill_finetune(loss, frames.train, scorer, finetune, progress, distill.min_crop)
         fold_batchnorm(student)
         rows.append(_row(step, round(spec.ratio * step / spec.iterative_steps, 6), cost, pruned_score,
-                         tuned.best if tuned else scorer.score(student) if calibrated else pruned_score, time.monotonic() - started,
-                         tuned.epochs if tuned else None))
+                         tuned.best if tuned else scorer.score(student) if calibrated else pruned_score,
+                         time.monotonic() - started, tuned.epochs if tuned else None))
         if progress:
             tqdm.write(f"step {step}: params {cost.params:,} MACs {cost.macs / 1e6:.1f}M, agreement "
                        f"{_describe(pruned_score)} after pruning, {_describe(rows[-1])} after fine-tuning")
