@@ -25,6 +25,7 @@ what the labels buy. Writes results.json and summary.md to --output.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -74,12 +75,20 @@ def prune_label_free(name: str, model: Path, model_format: str, ratio: float, ar
                  f"external.class_names={json.dumps(args.class_names)}",
                  f"external.max_frames={args.max_frames}", f"external.labeled_data={args.data}",
                  "external.labeled_split=val", f"prune.ratio={ratio}", f"prune.method={args.method}",
-                 f"finetune.epochs={args.epochs}", f"output={output / name}"]
+                 f"finetune.epochs={args.epochs}", f"output={output / name}", *args.set]
     config = load_config(ExternalPruneConfig, None, overrides)
     started = time.monotonic()
+    if args.guided:
+        from prune_perception.external.sensitivity import run_imported_sensitivity
+
+        sensitivity = output / name / "sensitivity"
+        if not (sensitivity / "sensitivity.json").is_file():   # reused: it depends on the model and frames only
+            run_imported_sensitivity(dataclasses.replace(config, output=str(sensitivity)), args.guided)
+        config.external.sensitivity = str(sensitivity)
     result = prune(config, progress=True)
     dense, final = result.history[0], result.history[-1]
     return {"dense_onnx": str(model), "pruned_onnx": str(result.path), "format": model_format, "ratio": ratio,
+            "guided": bool(args.guided), "settings": args.set,
             "params": [dense.params, final.params], "macs": [dense.macs, final.macs],
             "agreement_mAP50": final.mAP50, "agreement_mAP50_95": final.mAP50_95,
             "labeled_mAP50": [dense.labeled_mAP50, final.labeled_mAP50],
@@ -134,7 +143,9 @@ def _points(value: float | None) -> str:
 
 def summary_markdown(rows: dict[str, dict], args: argparse.Namespace) -> str:
     lines = ["# Pruning detectors we did not write, without labels", "",
-             f"Channel ratio per model ({args.method}, widths rounded to 8), {args.epochs} label-free fine-tuning epochs "
+             f"Channel ratio per model ({args.method}, widths rounded to 8"
+             + (", sensitivity-guided per group at the uniform ratio's MACs" if args.guided else "")
+             + (f"; {', '.join(args.set)}" if args.set else "") + f"), {args.epochs} label-free fine-tuning epochs "
              f"on the frames of a bag of the synthetic *train* split (labels unused); scored on the *val* split. "
              f"ONNX Runtime CPU, {args.threads} thread(s), {args.runs} timed runs round-robin (inference).", "",
              "| model | ratio | params | MACs (M) | MACs cut | p50 (ms) | p99 (ms) | speed-up | agreement mAP50 | "
@@ -196,6 +207,11 @@ def main() -> int:
     parser.add_argument("--max-frames", type=int, default=1000, help="unlabeled frames read from the train bag")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (node default 1)")
     parser.add_argument("--runs", type=int, default=300, help="timed runs per model")
+    parser.add_argument("--guided", type=float, nargs="+", metavar="RATIO",
+                        help="sensitivity-guided ratios: measure each model's sensitivity (`sensitivity --model`) at "
+                             "these ratios first, then cut the MACs of its ratio where agreement drops least")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a value of every label-free run's config, e.g. prune.schedule=elastic")
     parser.add_argument("--no-replay", action="store_true", help="skip the replays through the detector node")
     parser.add_argument("-o", "--output", type=Path, default=Path("runs/bench_external"))
     args = parser.parse_args()

@@ -165,6 +165,7 @@ class ExternalModelSettings:
     input_scale: float | None = None              # pixel scale before mean/std, e.g. 1/255 or 1.0
     class_names: list[str] | None = None          # the model's classes in output order, when its ONNX names none
     keep_layers: list[str] = field(default_factory=list)   # module names never pruned (besides output layers)
+    sensitivity: str | None = None     # `sensitivity --model` output of this model: per-group ratios at ratio's MACs
     images: list[str] = field(default_factory=list)        # image folders, video files, rosbag2 bags
     frame_stride: int = 1              # keep every N-th frame of each source
     max_frames: int = 1000             # frames read in all (split evenly over the sources)

@@ -37,9 +37,14 @@ PIXEL_SCALE = {"yolox": 1.0, "yolov8": 1 / 255, "native": 1 / 255, "unknown": 1 
 """What the runtime feeds each layout: YOLOX raw 0..255 pixels, the others / 255 (an unknown layout: RGB / 255)."""
 
 
-def conv(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.SiLU())
+def conv(cin: int, cout: int, stride: int = 1, kernel: int = 3, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.SiLU())
+
+
+def depthwise_separable(channels: int) -> nn.Sequential:
+    """YOLOX-nano's DWConv: a depthwise 3x3 then a pointwise 1x1."""
+    return nn.Sequential(conv(channels, channels, groups=channels), conv(channels, channels, kernel=1))
 
 
 class ShuffleBlock(nn.Module):
@@ -88,13 +93,13 @@ class Backbone(nn.Module):
 class TestDetector(nn.Module):
     """Backbone + one head per level; ``layout`` picks the output format."""
 
-    def __init__(self, layout: str, shuffle: bool = False, seed: int = 0, csp: bool = False):
+    def __init__(self, layout: str, shuffle: bool = False, seed: int = 0, csp: bool = False, depthwise: bool = False):
         super().__init__()
         torch.manual_seed(seed)
         self.layout = layout
         self.backbone = Backbone(shuffle, csp)
         self.stems = nn.ModuleList(conv(ch, 32, kernel=1) for ch in (32, 48, 64))
-        self.towers = nn.ModuleList(conv(32, 32) for _ in range(3))
+        self.towers = nn.ModuleList(depthwise_separable(32) if depthwise else conv(32, 32) for _ in range(3))
         outputs = {"yolox": 5 + NUM_CLASSES, "yolov8": 4 + NUM_CLASSES, "native": 4 + NUM_CLASSES, "unknown": 6}[layout]
         self.preds = nn.ModuleList(nn.Conv2d(32, outputs, 1) for _ in range(3))
         for pred in self.preds:
@@ -163,9 +168,10 @@ def weaken_channels(model: nn.Module, fraction: float = WEAK_FRACTION, seed: int
     return model
 
 
-def build_detector(layout: str, shuffle: bool = False, seed: int = 0, csp: bool = False) -> TestDetector:
-    """A calibrated TestDetector with weak channels, in eval mode."""
-    return calibrate_batchnorm(weaken_channels(TestDetector(layout, shuffle, seed, csp), seed=seed),
+def build_detector(layout: str, shuffle: bool = False, seed: int = 0, csp: bool = False,
+                   depthwise: bool = False) -> TestDetector:
+    """A calibrated TestDetector with weak channels, in eval mode (``depthwise``: YOLOX-style head towers)."""
+    return calibrate_batchnorm(weaken_channels(TestDetector(layout, shuffle, seed, csp, depthwise), seed=seed),
                                PIXEL_SCALE[layout])
 
 

@@ -226,5 +226,5 @@ def test_sensitivity_markdown_marks_missing_points():
     dense = SensitivityPoint("dense", 0.0, 100, 1000, 0.5, 0.3, 0.0)
     points = [SensitivityPoint("a", 0.25, 90, 900, 0.4, 0.2, 1.0), SensitivityPoint("a", 0.5, 80, 800, 0.3, 0.1, 1.0),
               SensitivityPoint("b", 0.25, 90, 950, 0.45, 0.2, 1.0)]
-    table = sensitivity_markdown(dense, points, "l1", 4)
+    table = sensitivity_markdown(dense, points, "l1", "val mAP50 on 4 images")
     assert "| b | 0.450 (-5.0, 5.0%) | failed |" in table

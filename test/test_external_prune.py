@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,7 +24,9 @@ from external_models import (INPUT_HW, OUTPUT_NAMES, build_detector, export_dete
 from prune_perception.config import (ExternalModelSettings, ExternalPruneConfig, LabelFreeDistillSettings,
                                      OptimConfig, PruneSettings)
 from prune_perception.errors import ConfigError, DatasetError, ModelLoadError
-from prune_perception.external.batchnorm_reinsertion import fold_batchnorm, insert_batchnorm
+from prune_perception.external.agreement import AgreementScorer
+from prune_perception.external.batchnorm_reinsertion import (conv_statistics, fold_batchnorm, has_batchnorm,
+                                                              insert_batchnorm)
 from prune_perception.external.distill_finetune import augment
 from prune_perception.external.frames import load_frames
 from prune_perception.external.graph_pruning import GraphPruner
@@ -215,12 +218,13 @@ def test_batchnorm_is_reinserted_calibrated_to_the_teacher_and_folded_back(model
     convs = {name: module for name, module in student.named_modules() if isinstance(module, torch.nn.Conv2d)}
     with torch.no_grad():
         target, before = teacher(images), student(images)
-    wrapped = insert_batchnorm(student, teacher, frames, pruner.kept_out_channels, pruner.plan.protected)
+    statistics = conv_statistics(teacher, frames)
+    wrapped = insert_batchnorm(student, statistics, frames, pruner.kept_out_channels, pruner.plan.protected)
     assert set(wrapped) == set(convs) - set(pruner.plan.protected) and wrapped
     with torch.no_grad():
         calibrated = student(images)
     assert (calibrated - target).abs().mean() < (before - target).abs().mean()
-    assert insert_batchnorm(student, teacher, frames) == []   # a model with BatchNorm of its own is left alone
+    assert insert_batchnorm(student, statistics, frames) == []   # a model with BatchNorm of its own is left alone
 
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01)
     student.train()
@@ -531,8 +535,30 @@ def test_latency_target_the_dense_model_meets_keeps_it_and_an_unreachable_one_is
     with pytest.raises(ConfigError, match=r"latency target 1e-06 ms is below what pruning reaches here: ratio 0\.7 "
                                           r"runs at [0-9.]+ ms \(dense [0-9.]+ ms"):
         prune(unreachable, progress=False)
-    with pytest.raises(ConfigError, match="not both yet"):
-        prune(_config(models["yolox"], frames_dir, tmp_path / "both", latency_ms=5.0, budget=1.0), progress=False)
+
+
+def test_a_latency_target_with_an_accuracy_budget_keeps_the_dense_model_when_the_fast_one_drops_too_much(
+        models, frames_dir, tmp_path, monkeypatch):
+    """--latency-ms with --budget: the smallest ratio meeting the target is fine-tuned and checked against the budget.
+    Latency is stood in for by the ONNX file size (deterministic; real timing is the bench's job)."""
+    from prune_perception.external import latency_search
+    from prune_perception.pruning import prune
+    from prune_perception.pruning.latency_model import LatencyStats
+
+    monkeypatch.setattr(latency_search, "time_models", lambda paths, *args, **kwargs: [
+        LatencyStats.of([Path(path).stat().st_size / 1e4]) for path in paths])
+    target = models["yolov8"].stat().st_size / 1e4 * 0.8
+    for budget, kept_dense in ((100.0, False), (0.0, True)):
+        out = tmp_path / f"budget_{budget:g}"
+        result = prune(_config(models["yolov8"], frames_dir, out, latency_ms=target, latency_margin=0.0,
+                               budget=budget), progress=False)
+        history = json.loads((out / "history.json").read_text())
+        assert history["budget"]["within_budget"] is not kept_dense and result.kept_dense is kept_dense
+        assert history["latency"]["chosen_ratio"] > 0 and result.candidates
+        written = (out / "pruned.onnx").read_bytes()
+        assert (written == models["yolov8"].read_bytes()) is kept_dense
+        assert ("over budget" in (out / "summary.md").read_text()) is kept_dense
+    assert "drops more than the 0-point budget" in result.summary[-1]
 
 
 def test_the_latency_search_bisects_to_the_smallest_ratio_that_meets_the_target():
@@ -570,8 +596,83 @@ def test_prune_command_on_an_onnx_detector(models, frames_dir, tmp_path, capsys)
     assert lines[0].startswith(f"pruned ONNX: {out / 'pruned.onnx'}") and "agreement with the dense model" in lines[1]
     assert main(["report", str(out), "-o", str(tmp_path / "report"), "-q"]) == 0   # the HTML report reads it too
     assert "agreement mAP50" in (tmp_path / "report" / "report.html").read_text()
-    for extra, message in ((["--checkpoint", "x.pt"], "exclude each other"), (["--latency-ms", "2", "--budget", "1"], "not both yet"),
-                           (["--schedule", "elastic"], "elastic")):
+    for extra, message in ((["--checkpoint", "x.pt"], "exclude each other"), (["--schedule", "elastic", "--method", "taylor"], "elastic schedule ranks"),
+                           (["--latency-ms", "2", "--budget", "-1"], "prune.budget must be >= 0")):
         code = main(["prune", "--model", str(models["yolox"]), "--images", str(frames_dir), "-o", str(out), *extra])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_sensitivity_of_an_imported_model_guides_its_ratios(models, frames_dir, tmp_path, capsys):
+    """`sensitivity --model`: every prunable group alone, scored by agreement; `prune --sensitivity` then cuts the
+    MACs of the uniform ratio with per-group ratios that follow the measured drops."""
+    from prune_perception.cli import main
+    from prune_perception.external.sensitivity_ratios import load_curves
+
+    sens = tmp_path / "sens"
+    assert main(["sensitivity", "--model", str(models["yolov8"]), "--images", str(frames_dir), "--max-frames", "30",
+                 "--ratios", "0.3", "0.6", "-o", str(sens), "-q"]) == 0
+    result = json.loads((sens / "sensitivity.json").read_text())
+    assert result["scored_as"].startswith("agreement mAP50") and result["groups"]
+    assert (sens / "sensitivity.png").is_file()
+    assert len(result["points"]) == 2 * len(result["groups"])
+    assert all(p["macs"] < result["dense"]["macs"] for p in result["points"])
+    assert "agreement mAP50 with the dense model" in (sens / "sensitivity.md").read_text()
+
+    curves = load_curves(sens)
+    curve = [(0.0, 0.0), (0.3, 0.1), (0.6, 0.05)]   # a drop that falls again counts as the worse one before it
+    assert curves.ratio_at(curve, 0.05) == pytest.approx(0.15) and curves.ratio_at(curve, 0.1) == 0.6
+    assert curves.ratio_at([(0.0, 0.0), (0.3, 0.2)], 0.0) == 0.0
+
+    out = tmp_path / "guided"
+    assert main(["prune", "--model", str(models["yolov8"]), "--images", str(frames_dir), "--max-frames", "30",
+                 "--ratio", "0.3", "--finetune-epochs", "0", "--sensitivity", str(sens), "-o", str(out), "-q"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    allocation = history["sensitivity_ratios"]
+    assert allocation["macs"] <= allocation["uniform_macs"] < allocation["dense_macs"]
+    assert history["steps"][-1]["macs"] == allocation["macs"]
+    ratios = {curves.groups.index(group): allocation["layer_ratios"][group[0]] for group in curves.groups}
+    drops = {index: curve[-1][1] for index, curve in enumerate(curves.curves)}
+    most, least = max(drops, key=drops.get), min(drops, key=drops.get)
+    assert ratios[most] <= ratios[least]
+    assert DetectorEngine(out / "pruned.onnx", warmup_runs=0).info.output_format == "yolov8"
+
+    capsys.readouterr()
+    for argv, message in ((["prune", "--model", str(models["yolox"]), "--images", str(frames_dir), "--sensitivity",
+                            str(sens), "-o", str(tmp_path / "other")], "measured on another model"),
+                          (["prune", "--model", str(models["yolov8"]), "--images", str(frames_dir), "--sensitivity",
+                            str(tmp_path), "-o", str(tmp_path / "none")], "no sensitivity.json"),
+                          (["sensitivity", "--model", str(models["yolov8"]), "--checkpoint", "x.pt"], "one of"),
+                          (["sensitivity", "--model", str(models["yolov8"]), "--images", str(frames_dir), "--layers",
+                            "nope", "-o", str(tmp_path / "bad")], "unknown or unprunable layer")):
+        assert main([*argv, "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_the_elastic_schedule_soft_prunes_while_distilling_and_removes_the_best_selection(frames_dir, tmp_path):
+    """Elastic on an imported graph with YOLOX-style depthwise convs: filters zeroed per epoch, the best what-if
+    network removed for real: smaller, and it scores what the what-if scored."""
+    from prune_perception.pruning import prune
+
+    model = export_detector(build_detector("yolox", depthwise=True), tmp_path / "dw.onnx", OUTPUT_NAMES["yolox"])
+    config = _config(model, frames_dir, tmp_path / "elastic", ratio=0.4, schedule="elastic", elastic_hard_epochs=0)
+    config.finetune.epochs = 2
+    run = start_imported(config, progress=False)
+    student, result = prune_module(run.imported.module, run.imported.example_input(), run.layout, run.frames,
+                                   config.prune, config.finetune, config.distill, progress=False)
+    dense, step = result.steps
+    assert step.macs < dense.macs and [record["epoch"] for record in step.elastic] == [1, 2]
+    assert all(record["zeroed"] > 0 for record in step.elastic) and not has_batchnorm(student)
+    final = AgreementScorer(run.imported.module, run.frames.holdout, run.layout).score(student)
+    assert final.mAP50 == pytest.approx(step.mAP50, abs=0.02)
+    assert any(m.groups > 1 for m in student.modules() if isinstance(m, torch.nn.Conv2d))
+
+    config.prune.elastic_hard_epochs = 1
+    config.finetune.epochs = 3
+    result = prune(config, progress=False)
+    assert result.history[-1].macs < result.history[0].macs
+    assert DetectorEngine(result.path, warmup_runs=0).info.output_format == "yolox"
+    with pytest.raises(ConfigError, match="must exceed prune.elastic_hard_epochs"):
+        prune(_config(model, frames_dir, tmp_path / "bad", schedule="elastic", elastic_hard_epochs=1),
+              progress=False)

@@ -33,8 +33,11 @@ def _cmd_prune(args: argparse.Namespace) -> None:
         overrides.append(f"prune.budget={args.budget}")
     if args.schedule == "oneshot" and (args.steps or 1) > 1:
         raise ConfigError(f"--schedule oneshot contradicts --steps {args.steps}: use --schedule iterative")
+    if args.sensitivity and not args.model:
+        raise ConfigError("--sensitivity guides the ratios of an imported model: it needs --model")
     if args.model:
-        config = load_config(ExternalPruneConfig, args.config, overrides + external_overrides(args))
+        sensitivity = [f"external.sensitivity={json.dumps(args.sensitivity)}"] if args.sensitivity else []
+        config = load_config(ExternalPruneConfig, args.config, overrides + external_overrides(args) + sensitivity)
     else:
         config = load_config(PruneConfig, args.config, overrides + ([f"checkpoint={args.checkpoint}"]
                                                                     if args.checkpoint else []))
@@ -117,41 +120,71 @@ def add_prune_parser(sub) -> None:
     add_scale_out_options(prune, allow_failures=False,
                           what="with --budget (steps or descending search): the candidate ratios")
     add_external_arguments(prune)
+    prune.add_argument("--sensitivity", metavar="DIR",
+                       help="with --model: the `sensitivity --model` output of the same model; the MACs that --ratio "
+                            "cuts uniformly are cut where the agreement drops least (external.sensitivity)")
     prune.set_defaults(func=_cmd_prune)
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> None:
-    from prune_perception.pruning.sensitivity import run_sensitivity
+    from prune_perception.errors import ConfigError
 
     output = Path(args.output)
-    settings, fan_out = _fan_out_settings(args), None
-    if settings is not None:
-        from prune_perception.scaleout.sensitivity_points import DaskSensitivity
+    if bool(args.model) == bool(args.checkpoint):
+        raise ConfigError("sensitivity needs one of --checkpoint (one of ours, scored on --data) or --model (an ONNX "
+                          "detector, scored by agreement on --images)")
+    if args.model:
+        if _fan_out_settings(args) is not None:
+            raise ConfigError("sensitivity --model runs here: --scheduler / --workers fan out --checkpoint points only")
+        from prune_perception.config import ExternalPruneConfig, load_config
+        from prune_perception.external.sensitivity import run_imported_sensitivity
 
-        fan_out = DaskSensitivity(settings)
-    dense, points = run_sensitivity(Path(args.checkpoint), args.data, output, args.ratios, args.method, args.layers,
-                                    args.split, args.val_images, progress=not args.quiet, fan_out=fan_out)
+        overrides = list(args.set) + [f"output={args.output}", f"prune.method={args.method}"] + external_overrides(args)
+        config = load_config(ExternalPruneConfig, args.config, overrides)
+        dense, points = run_imported_sensitivity(config, args.ratios, args.layers, progress=not args.quiet)
+        failures = []
+    else:
+        from prune_perception.pruning.sensitivity import run_sensitivity
+
+        if not args.data:
+            raise ConfigError("sensitivity --checkpoint needs --data (the labeled set it is scored on)")
+        settings, fan_out = _fan_out_settings(args), None
+        if settings is not None:
+            from prune_perception.scaleout.sensitivity_points import DaskSensitivity
+
+            fan_out = DaskSensitivity(settings)
+        dense, points = run_sensitivity(Path(args.checkpoint), args.data, output, args.ratios, args.method,
+                                        args.layers, args.split, args.val_images, progress=not args.quiet,
+                                        fan_out=fan_out)
+        failures = getattr(fan_out, "failures", [])
     for name in ("sensitivity.json", "sensitivity.md", "sensitivity.png"):
         print(f"wrote {output / name}")
-    report_failures(getattr(fan_out, "failures", []), "sensitivity")
+    report_failures(failures, "sensitivity")
     if points:
         worst = min(points, key=lambda p: p.mAP50)
-        print(f"dense val mAP50 {dense.mAP50:.3f}; {len(points)} evaluations; most sensitive: {worst.group} at "
+        print(f"dense score {dense.mAP50:.3f}; {len(points)} evaluations; most sensitive: {worst.group} at "
               f"{worst.ratio:g} -> {worst.mAP50:.3f}")
 
 
 def add_sensitivity_parser(sub) -> None:
     sensitivity = add_command(sub, "sensitivity",
-                              help="prune each layer group alone at several ratios; mAP50 table/plot")
-    sensitivity.add_argument("--checkpoint", required=True, help="dense checkpoint (.pt)")
-    sensitivity.add_argument("--data", required=True, help="COCO json, COCO root or YOLO root")
+                              help="prune each layer group alone at several ratios; score table/plot (val mAP50, "
+                                   "or agreement with the dense model for an imported --model)")
+    sensitivity.add_argument("--checkpoint", help="dense checkpoint (.pt)")
+    sensitivity.add_argument("--data", help="with --checkpoint: COCO json, COCO root or YOLO root")
     sensitivity.add_argument("--split", default="val")
     sensitivity.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     sensitivity.add_argument("--method", default="l1", help=f"importance: {', '.join(GRADIENT_FREE_CRITERIA)}")
-    sensitivity.add_argument("--layers", nargs="+", help="arch-spec layer names (default: every prunable group)")
+    sensitivity.add_argument("--layers", nargs="+",
+                             help="arch-spec layer names, or module names of an imported model (default: every "
+                                  "prunable group)")
     sensitivity.add_argument("--val-images", type=int, help="evaluate on the first N val images only (faster)")
+    sensitivity.add_argument("--config", help="with --model: YAML file of the prune schema (external:, prune:, ...)")
+    sensitivity.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                             help="with --model: override a config value (repeatable)")
     sensitivity.add_argument("-o", "--output", default="runs/sensitivity")
     add_scale_out_options(sensitivity, allow_failures=True)
+    add_external_arguments(sensitivity)
     sensitivity.set_defaults(func=_cmd_sensitivity)
 
 

@@ -108,8 +108,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def load_sensitivity(path: Path) -> tuple[SensitivityPoint, list[SensitivityPoint]]:
-    """(dense, points) from sensitivity.json (or its folder); also accepts {"layers": {name: [rows]}}."""
+def load_sensitivity(path: Path) -> tuple[SensitivityPoint, list[SensitivityPoint], str]:
+    """(dense, points, what the score is) from sensitivity.json (or its folder); also accepts
+    {"layers": {name: [rows]}}."""
     path = path / "sensitivity.json" if path.is_dir() else path
     if not path.is_file():
         raise ConfigError(f"no sensitivity results at {path}")
@@ -121,7 +122,8 @@ def load_sensitivity(path: Path) -> tuple[SensitivityPoint, list[SensitivityPoin
 
     rows = data.get("points") or [dict(row, group=name) for name, curve in data.get("layers", {}).items()
                                   for row in curve]
-    return point("dense", data["dense"]), [point(row.get("group", row.get("layer", "?")), row) for row in rows]
+    return (point("dense", data["dense"]), [point(row.get("group", row.get("layer", "?")), row) for row in rows],
+            data.get("scored_as", "val mAP50"))
 
 
 def summary_rows(runs: list[PruningRun]) -> tuple[list[str], list[list[str]]]:
@@ -252,8 +254,8 @@ def write_pruning_report(runs: list[Path], output: Path, sensitivity: Path | Non
                         "dense and pruned); the dashed line is the latency target. In the MACs plot the target "
                         "appears as the MACs the run needed to meet it."))
     if sensitivity is not None:
-        dense, points = load_sensitivity(Path(sensitivity))
-        figures.append(("Sensitivity", sensitivity_plot(dense, points, output / "sensitivity.png"),
+        dense, points, scored_as = load_sensitivity(Path(sensitivity))
+        figures.append(("Sensitivity", sensitivity_plot(dense, points, output / "sensitivity.png", scored_as),
                         "Each layer group pruned alone at several ratios, no fine-tuning."))
     if all(run.widths for run in loaded):
         figures.append(("Kept channels per layer", widths_plot(loaded, output / "widths.png"),

@@ -72,32 +72,38 @@ def output_statistics(model: nn.Module, names: Sequence[str], frames: torch.Tens
     return statistics
 
 
-def insert_batchnorm(student: nn.Module, teacher: nn.Module, frames: torch.Tensor,
-                     kept_out_channels: Mapping[str, Sequence[int]] | None = None, skip: Sequence[str] = (),
-                     batch_size: int = 16) -> list[str]:
-    """Wrap every Conv2d of ``student`` not named in ``skip`` as conv + BatchNorm calibrated to ``teacher``
-    (module doc); the names wrapped. ``kept_out_channels``: per pruned conv, the teacher's indices of the
-    channels the student kept (the others kept them all). A student with BatchNorm layers of its own (a
-    user's module rather than an export) is left as it is."""
+def conv_statistics(model: nn.Module, frames: torch.Tensor, batch_size: int = 16
+                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`output_statistics` of every Conv2d of ``model``: the dense model's targets for :func:`insert_batchnorm`
+    (computed once per model and frames, shared by every student pruned from it)."""
+    return output_statistics(model, [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)],
+                             frames, batch_size)
+
+
+def insert_batchnorm(student: nn.Module, teacher_statistics: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+                     frames: torch.Tensor, kept_out_channels: Mapping[str, Sequence[int]] | None = None,
+                     skip: Sequence[str] = (), batch_size: int = 16) -> list[str]:
+    """Wrap every Conv2d of ``student`` not named in ``skip`` as conv + BatchNorm calibrated to the dense model's
+    ``teacher_statistics`` (:func:`conv_statistics`; module doc) on ``frames``; the names wrapped.
+    ``kept_out_channels``: per pruned conv, the teacher's indices of the channels the student kept (the others
+    kept them all). A student with BatchNorm layers of its own (a user's module rather than an export) is left
+    as it is."""
     if has_batchnorm(student):
         return []
     skipped = set(skip)
     convs = {name: module for name, module in student.named_modules()
-             if isinstance(module, nn.Conv2d) and name not in skipped}
-    targets = output_statistics(teacher, list(convs), frames, batch_size)
+             if isinstance(module, nn.Conv2d) and name not in skipped and name in teacher_statistics}
     batchnorms = []
     for name, conv in convs.items():
-        if name not in targets:
-            continue
         kept = torch.as_tensor(list((kept_out_channels or {}).get(name, range(conv.out_channels))))
-        mean, variance = (statistic[kept] for statistic in targets[name])
+        mean, variance = (statistic[kept] for statistic in teacher_statistics[name])
         batchnorm = nn.BatchNorm2d(conv.out_channels, momentum=None)
         batchnorm.weight.data.copy_((variance + batchnorm.eps).sqrt())
         batchnorm.bias.data.copy_(mean)
         _set_submodule(student, name, ConvWithBatchNorm(conv, batchnorm))
         batchnorms.append(batchnorm)
     _calibrate(student, batchnorms, frames, batch_size)
-    return [name for name in convs if name in targets]
+    return list(convs)
 
 
 @torch.no_grad()

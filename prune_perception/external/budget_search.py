@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from prune_perception.config import ExternalPruneConfig
 from prune_perception.errors import ConfigError
-from prune_perception.external.pipeline import (ExternalPruneStep, ModulePruneResult, prune_imported_at,
-                                                start_imported, write_imported_history)
+from prune_perception.external.pipeline import (ExternalPruneStep, ImportedRun, ModulePruneResult,
+                                                prune_imported_at, start_imported, write_imported_history)
 from prune_perception.pruning.budget import fastest_within_budget, search_budget
 from prune_perception.pruning.latency_model import RANKING_RUNS, MeasureSettings, time_models
 
@@ -64,13 +64,18 @@ def score_name(config: ExternalPruneConfig) -> str:
     return "labeled mAP50" if config.external.labeled_data else "agreement mAP50"
 
 
+def require_decodable(run: ImportedRun) -> None:
+    """ConfigError for a raw layout: an accuracy budget needs an mAP."""
+    if not run.layout.decodable:
+        raise ConfigError("an accuracy budget needs a decodable output layout (native, yolox, yolov8) for its mAP; "
+                          f"this model's is raw ({run.layout.note or 'model_format raw'}): prune it at one --ratio")
+
+
 def search_imported_budget(config: ExternalPruneConfig, progress: bool = True
                            ) -> tuple[Path, list[ExternalPruneStep], list[ImportedCandidate]]:
     """Run the search; (pruned.onnx, [dense row, chosen row] or [dense row], every candidate)."""
     run = start_imported(config, progress)
-    if not run.layout.decodable:
-        raise ConfigError("an accuracy budget needs a decodable output layout (native, yolox, yolov8) for its mAP; "
-                          f"this model's is raw ({run.layout.note or 'model_format raw'}): prune it at one --ratio")
+    require_decodable(run)
     settings, labeled = config.prune, config.external.labeled_data is not None
     results: dict[float, tuple[Path, ModulePruneResult]] = {}
 

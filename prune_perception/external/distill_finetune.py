@@ -3,8 +3,8 @@
 AdamW (on a student without any BatchNorm, e.g. with ``distill.batchnorm`` off, per-tensor learning
 rates relative to each tensor's scale: :func:`relative_lr_groups`) and a cosine LR (down to
 ``lr * min_lr_ratio``), random horizontal flips and zoom-in crops (the teacher sees the same augmented
-frame, so its outputs stay the target), agreement on the held-out frames after every ``eval_interval`` epochs, early stop after ``patience`` evaluations without gain, and the best
-weights restored at the end. ``time_limit_min`` stops between epochs.
+frame, so its outputs stay the target), agreement on the held-out frames after every ``eval_interval``
+epochs, early stop after ``patience`` evaluations without gain, and the best weights restored at the end. ``time_limit_min`` stops between epochs.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from prune_perception.config import OptimConfig
@@ -79,9 +81,12 @@ def check_min_crop(min_crop: float) -> None:
 
 
 def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: AgreementScorer, optim: OptimConfig,
-                     progress: bool = True, min_crop: float = 1.0) -> FinetuneResult:
+                     progress: bool = True, min_crop: float = 1.0, before_epoch: Callable[[int], None] | None = None,
+                     scored_model: Callable[[], nn.Module] | None = None) -> FinetuneResult:
     """Fine-tune ``loss.student`` in place on ``frames`` (float16/32 ``[N,3,H,W]``, augmented: :func:`augment`);
-    returns the history."""
+    returns the history. ``before_epoch(epoch)`` runs at the start of each epoch; ``scored_model()`` is what
+    is scored, and whose weights are kept as the best (default: the student; the elastic schedule scores its
+    what-if network, of the student's structure)."""
     if optim.epochs < 1 or optim.batch_size < 1 or optim.lr <= 0:
         raise ConfigError(f"fine-tuning needs epochs >= 1, batch_size >= 1 and lr > 0, got {optim.epochs}, "
                           f"{optim.batch_size}, {optim.lr}")
@@ -94,10 +99,14 @@ def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: Agree
     batches_per_epoch = math.ceil(len(frames) / optim.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=optim.epochs * batches_per_epoch,
                                                            eta_min=optim.lr * optim.min_lr_ratio)
-    best = scorer.score(student)
+    scored_model = scored_model or (lambda: student)
+    scored = scored_model()
+    best = scorer.score(scored)
     result = FinetuneResult(best, [dict(epoch=0, loss=None, **best.as_dict())])
-    best_state, waited, started = copy.deepcopy(student.state_dict()), 0, time.monotonic()
+    best_state, waited, started = copy.deepcopy(scored.state_dict()), 0, time.monotonic()
     for epoch in range(1, optim.epochs + 1):
+        if before_epoch is not None:
+            before_epoch(epoch)
         student.train()
         order = torch.randperm(len(frames), generator=generator)
         total = 0.0
@@ -115,10 +124,11 @@ def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: Agree
             bar.set_postfix(loss=f"{total / (index + 1):.4f}")
         record = {"epoch": epoch, "loss": total / batches_per_epoch}
         if epoch % optim.eval_interval == 0 or epoch == optim.epochs:
-            agreement = scorer.score(student)
+            scored = scored_model()
+            agreement = scorer.score(scored)
             record.update(agreement.as_dict())
             if agreement.score() > best.score():
-                best, best_state, waited = agreement, copy.deepcopy(student.state_dict()), 0
+                best, best_state, waited = agreement, copy.deepcopy(scored.state_dict()), 0
             else:
                 waited += 1
             if progress:

@@ -4,6 +4,8 @@ torch-pruning's dependency graph groups coupled layers; this module decides what
 
 - the layers whose channels reach a model output are protected (:mod:`.output_layers`), plus the
   layers the user names (``keep_layers``, module names as ``named_modules()`` gives them);
+- ``PruneSpec.layer_ratios`` name modules the same way: a group whose layers are named takes that ratio
+  instead of the overall one (sensitivity analysis prunes one group alone with it);
 - groups whose channels pass a reshape or a permute between layers (channel shuffle, a
   ``[N, g, C/g, H, W]`` view) are left alone: torch-pruning cannot map channel indices through them
   and would produce a graph whose shapes no longer fit; they are listed in ``skipped_groups``;
@@ -38,7 +40,8 @@ class PrunePlan:
     """Output layers (found in the graph) and user-kept layers: their channels are never removed."""
     skipped_groups: list[list[str]] = field(default_factory=list)
     """Coupled groups left unpruned because their channels pass a reshape/permute (channel shuffle)."""
-    prunable_groups: int = 0
+    groups: list[list[str]] = field(default_factory=list)
+    """The prunable coupled groups: per group, its layers whose output channels are removed together."""
 
 
 def _outputs_of(model: nn.Module, example_input: torch.Tensor) -> list[torch.Tensor]:
@@ -57,16 +60,29 @@ def _group_layers(graph: tp.DependencyGraph, group) -> list[nn.Module]:
             if graph.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, CHANNEL_MIXING)]
 
 
+def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model``; ModelLoadError when it cannot trace it."""
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_input)
+    except Exception as exc:  # torch-pruning raises plain errors for graphs it cannot trace
+        raise ModelLoadError(f"torch-pruning cannot trace the model: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def _check_names(setting: str, requested, by_name: dict[str, nn.Module]) -> None:
+    unknown = [name for name in requested if name not in by_name]
+    if unknown:
+        examples = [name for name, module in by_name.items() if isinstance(module, CHANNEL_MIXING)][:5]
+        raise ConfigError(f"{setting}: no module named {', '.join(map(repr, unknown))} in the model "
+                          f"(module names look like {', '.join(map(repr, examples))})")
+
+
 def plan_pruning(graph: tp.DependencyGraph, model: nn.Module,
                  keep_layers: Sequence[str] = ()) -> tuple[PrunePlan, list[nn.Module]]:
     """(plan, modules to pass as torch-pruning's ignored_layers); ConfigError for unknown ``keep_layers``."""
     names = {module: name for name, module in model.named_modules()}
     by_name = {name: module for module, name in names.items()}
-    unknown = [name for name in keep_layers if name not in by_name]
-    if unknown:
-        examples = [name for name, module in by_name.items() if isinstance(module, CHANNEL_MIXING)][:5]
-        raise ConfigError(f"keep_layers: no module named {', '.join(map(repr, unknown))} in the model "
-                          f"(module names look like {', '.join(map(repr, examples))})")
+    _check_names("keep_layers", keep_layers, by_name)
     ignored = output_layers(graph) + [by_name[name] for name in keep_layers]
     plan = PrunePlan(protected=sorted({names[module] for module in ignored}))
     for group in list(graph.get_all_groups(ignored_layers=ignored, root_module_types=CHANNEL_MIXING)):
@@ -75,8 +91,8 @@ def plan_pruning(graph: tp.DependencyGraph, model: nn.Module,
             plan.skipped_groups.append(sorted(names[module] for module in layers))
             ignored.extend(layers)
         else:
-            plan.prunable_groups += 1
-    if plan.prunable_groups == 0:
+            plan.groups.append(sorted(names[module] for module in layers))
+    if not plan.groups:
         raise ModelLoadError(
             "nothing to prune: every conv/linear layer feeds a model output, is kept, or passes a channel "
             f"shuffle (protected: {len(plan.protected)}, shuffle groups skipped: {len(plan.skipped_groups)})")
@@ -89,9 +105,6 @@ class GraphPruner:
     def __init__(self, model: nn.Module, example_input: torch.Tensor, importance: tp.importance.Importance,
                  spec: PruneSpec, keep_layers: Sequence[str] = ()):
         spec.validate()
-        if spec.layer_ratios:
-            raise ConfigError("layer_ratios name arch-spec layers of our own detector; imported models take "
-                              "keep_layers instead")
         if isinstance(importance, tp.importance.BNScaleImportance) and not has_batchnorm(model):
             raise ConfigError("importance bn_scale needs BatchNorm layers, and this model has none (ONNX exports fold "
                               "them into the convs): use l1, l2, taylor or random")
@@ -104,18 +117,37 @@ class GraphPruner:
         """Per pruned conv (module name): the dense model's indices of the output channels still there."""
 
     def _meta_pruner(self, model: nn.Module, importance, keep_layers) -> tp.pruner.MetaPruner:
-        try:
-            graph = tp.DependencyGraph().build_dependency(model, self.example_input)
-        except Exception as exc:  # torch-pruning raises plain errors for graphs it cannot trace
-            raise ModelLoadError(f"torch-pruning cannot trace the model: {type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        graph = dependency_graph(model, self.example_input)
         plan, ignored = plan_pruning(graph, model, keep_layers)
         if model is self.model:
             self.plan = plan
         return tp.pruner.MetaPruner(
             model, self.example_input, importance=importance, global_pruning=self.spec.global_pruning,
-            pruning_ratio=self.spec.ratio, max_pruning_ratio=self.spec.max_layer_ratio,
+            pruning_ratio=self.spec.ratio, pruning_ratio_dict=self._ratio_per_module(model, plan),
+            max_pruning_ratio=self.spec.max_layer_ratio,
             iterative_steps=self.spec.iterative_steps, ignored_layers=ignored, round_to=self.spec.round_to)
+
+    def _ratio_per_module(self, model: nn.Module, plan: PrunePlan) -> dict[nn.Module, float] | None:
+        """torch-pruning's pruning_ratio_dict for ``spec.layer_ratios``: every layer of a named group, its ratio."""
+        requested = self.spec.layer_ratios or {}
+        if not requested:
+            return None
+        by_name = dict(model.named_modules())
+        _check_names("layer_ratios", requested, by_name)
+        ratios = {}
+        for group in plan.groups:
+            named = {requested[name] for name in group if name in requested}
+            if len(named) > 1:
+                raise ConfigError(f"layer_ratios: the coupled layers {', '.join(group)} are pruned together and "
+                                  f"need one ratio, got {sorted(named)}")
+            if named:
+                ratio = named.pop()
+                ratios.update({by_name[name]: ratio for name in group})
+        unprunable = sorted(set(requested) - {name for group in plan.groups for name in group})
+        if unprunable:
+            raise ConfigError(f"layer_ratios: {', '.join(unprunable)} cannot be pruned (an output layer, kept, or in "
+                              "a channel-shuffle group)")
+        return ratios
 
     def _check_on_copy(self, importance, keep_layers) -> None:
         """Prune a copy all the way and run it: ModelLoadError when the pruned graph does not run or changes outputs."""

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,18 +27,26 @@ from prune_perception.config import (ExternalPruneConfig, LabelFreeDistillSettin
                                      to_dict)
 from prune_perception.errors import ConfigError
 from prune_perception.external.agreement import Agreement, AgreementScorer
-from prune_perception.external.batchnorm_reinsertion import fold_batchnorm, insert_batchnorm
+from prune_perception.external.batchnorm_reinsertion import conv_statistics, fold_batchnorm, insert_batchnorm
 from prune_perception.external.distill_finetune import FinetuneResult, check_min_crop, distill_finetune
+from prune_perception.external.elastic_distill import check_elastic, elastic_distill
 from prune_perception.external.frames import UnlabeledFrames, load_frames
 from prune_perception.external.graph_pruning import GraphPruner, PrunePlan
 from prune_perception.external.label_free_loss import DistillationLoss, UserLoss, parse_terms
 from prune_perception.external.layout import DetectorLayout, resolve_layout
 from prune_perception.external.onnx_import import ImportedOnnx, import_onnx
 from prune_perception.external.onnx_writer import export_pruned
+from prune_perception.external.sensitivity_ratios import (RatioAllocation, SensitivityCurves, allocate_ratios,
+                                                          covering_max_layer_ratio, load_curves)
 from prune_perception.models.cost import model_cost
 from prune_perception.pruning.importance import accumulate_gradients, make_importance
 from prune_perception.pruning.schedules import prune_spec, resolve_schedule
 from prune_perception.runtime.model_metadata import ModelOverrides
+
+
+TeacherStatistics = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+UNSCORED = Agreement(raw_error=float("nan"))
+"""The score of a model pruned for timing only (``prune_module(scored=False)``)."""
 
 
 @dataclass
@@ -63,23 +72,26 @@ class ExternalPruneStep:
     labeled_mAP50: float | None = None
     labeled_mAP50_95: float | None = None
     finetune: list[dict] | None = None
+    elastic: list[dict] | None = None
 
 
 @dataclass
 class ModulePruneResult:
-    """What :func:`prune_module` did: the plan, one row per step."""
+    """What :func:`prune_module` did: the plan, one row per step (and the sensitivity-guided ratios, if any)."""
 
     plan: PrunePlan
     steps: list[ExternalPruneStep]
+    allocation: RatioAllocation | None = None
 
 
-def check_supported(settings: PruneSettings) -> str:
-    """The schedule for an imported model (oneshot / iterative); ConfigError for what this path does not do."""
+def check_supported(settings: PruneSettings, finetune: OptimConfig, distill: LabelFreeDistillSettings) -> str:
+    """The schedule for an imported model (oneshot / iterative / elastic); ConfigError for what this path does not
+    do."""
     if settings.granularity != "channel":
         raise ConfigError(f"imported models are pruned structurally (granularity channel), got {settings.granularity!r}")
     schedule = resolve_schedule(settings)
     if schedule == "elastic":
-        raise ConfigError("the elastic schedule is not available for imported models; use oneshot or iterative")
+        check_elastic(settings, finetune, distill)
     return schedule
 
 
@@ -104,27 +116,50 @@ def _taylor_gradients(loss: DistillationLoss, frames: torch.Tensor, settings: Pr
 def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: DetectorLayout,
                  frames: UnlabeledFrames, settings: PruneSettings, finetune: OptimConfig,
                  distill: LabelFreeDistillSettings = LabelFreeDistillSettings(), keep_layers: Sequence[str] = (),
-                 user_loss: UserLoss | None = None, progress: bool = True) -> tuple[torch.nn.Module, ModulePruneResult]:
+                 user_loss: UserLoss | None = None, progress: bool = True,
+                 teacher_statistics: TeacherStatistics | None = None, scored: bool = True
+                 ) -> tuple[torch.nn.Module, ModulePruneResult]:
     """Prune a copy of ``model`` (the teacher stays dense) and fine-tune it by distillation; (student, result).
 
     ``layout`` says how to read the outputs (:func:`resolve_layout` for ONNX files; build a
     :class:`DetectorLayout` with ``output_format='raw'`` for anything else); ``user_loss`` adds the
-    user's own term to the distillation loss.
+    user's own term to the distillation loss. ``teacher_statistics``: the dense model's
+    :func:`conv_statistics` on ``frames.train`` when already computed (BatchNorm re-insertion needs them).
+    ``scored=False`` (a structure for timing only, without fine-tuning) skips the agreement scoring.
     """
-    check_supported(settings)
+    schedule = check_supported(settings, finetune, distill)
     if settings.latency_ms is not None or settings.budget is not None:
         raise ConfigError("prune_module prunes at prune.ratio: a latency target or an accuracy budget is searched by "
                           "prune(ExternalPruneConfig) (prune --latency-ms / --budget)")
     check_min_crop(distill.min_crop)
     terms = parse_terms(distill.loss, layout.decodable)
     teacher = model.eval()
-    student = copy.deepcopy(teacher).requires_grad_(True)   # the teacher is frozen once distillation has used it
     input_hw = tuple(example_input.shape[-2:])
     spec = prune_spec(settings)
-    pruner = GraphPruner(student, example_input, make_importance(settings.method), spec, keep_layers)
-    scorer = AgreementScorer(teacher, frames.holdout, layout, finetune.batch_size)
-    dense_cost, dense_score = model_cost(teacher, input_hw), scorer.score(teacher)
+    if not scored and finetune.epochs > 0:
+        raise ValueError("fine-tuning is scored on the held-out frames: scored=False needs finetune.epochs 0")
+    scorer = AgreementScorer(teacher, frames.holdout, layout, finetune.batch_size) if scored else None
+    score = scorer.score if scorer else lambda _: UNSCORED
+    dense_cost, dense_score = model_cost(teacher, input_hw), score(teacher)
     rows = [_row(0, 0.0, dense_cost, dense_score, dense_score, 0.0)]
+    if distill.batchnorm and teacher_statistics is None:
+        teacher_statistics = conv_statistics(teacher, frames.train, finetune.batch_size)
+
+    def loss_of(student: torch.nn.Module, protected: Sequence[str]) -> DistillationLoss:
+        return DistillationLoss(teacher, student, layout, terms, protected, distill.pseudo_threshold, example_input,
+                                user_loss)
+
+    if schedule == "elastic":
+        started = time.monotonic()
+        elastic = elastic_distill(teacher, example_input, loss_of, scorer, frames.train, teacher_statistics, spec,
+                                  settings, finetune, distill.min_crop, keep_layers, progress)
+        fold_batchnorm(elastic.student)
+        rows.append(_row(1, spec.ratio, model_cost(elastic.student, input_hw), elastic.first, elastic.tuned.best,
+                         time.monotonic() - started, elastic.tuned.epochs))
+        rows[-1].elastic = [asdict(record) for record in elastic.epochs]
+        return elastic.student, ModulePruneResult(PrunePlan(elastic.protected), rows)
+    student = copy.deepcopy(teacher).requires_grad_(True)   # the teacher is frozen once distillation has used it
+    pruner = GraphPruner(student, example_input, make_importance(settings.method), spec, keep_layers)
     for step in tqdm(range(1, spec.iterative_steps + 1), desc="prune", unit="step", disable=not progress):
         started = time.monotonic()
         if settings.method == "taylor":
@@ -133,17 +168,17 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
             _taylor_gradients(gradient_loss, frames.train, settings, distill, finetune.batch_size)
         pruner.step()
         student.zero_grad(set_to_none=True)
-        cost, pruned_score = model_cost(student, input_hw), scorer.score(student)
+        cost, pruned_score = model_cost(student, input_hw), score(student)
         calibrated = distill.batchnorm and insert_batchnorm(
-            student, teacher, frames.train, pruner.kept_out_channels, pruner.plan.protected, finetune.batch_size)
+            student, teacher_statistics, frames.train, pruner.kept_out_channels, pruner.plan.protected,
+            finetune.batch_size)
         tuned: FinetuneResult | None = None
         if finetune.epochs > 0:
-            loss = DistillationLoss(teacher, student, layout, terms, pruner.plan.protected, distill.pseudo_threshold,
-                                    example_input, user_loss)
-            tuned = distill_finetune(loss, frames.train, scorer, finetune, progress, distill.min_crop)
+            tuned = distill_finetune(loss_of(student, pruner.plan.protected), frames.train, scorer, finetune, progress,
+                                     distill.min_crop)
         fold_batchnorm(student)
         rows.append(_row(step, round(spec.ratio * step / spec.iterative_steps, 6), cost, pruned_score,
-                         tuned.best if tuned else scorer.score(student) if calibrated else pruned_score,
+                         tuned.best if tuned else score(student) if calibrated else pruned_score,
                          time.monotonic() - started, tuned.epochs if tuned else None))
         if progress:
             tqdm.write(f"step {step}: params {cost.params:,} MACs {cost.macs / 1e6:.1f}M, agreement "
@@ -189,17 +224,26 @@ class ImportedRun:
     dense_labeled: tuple[float, float] | None
     schedule: str
     started: float
+    curves: SensitivityCurves | None = None
 
     @property
     def output(self) -> Path:
         return Path(self.config.output)
+
+    @functools.cached_property
+    def teacher_statistics(self) -> TeacherStatistics:
+        """The dense model's per-conv output statistics on the fine-tuning frames (once for every candidate)."""
+        return conv_statistics(self.imported.module.eval(), self.frames.train, self.config.finetune.batch_size)
 
 
 def start_imported(config: ExternalPruneConfig, progress: bool = True) -> ImportedRun:
     """Check the config, import the model, read its frames, score it on the labeled set (every bad input is a
     one-line error before any pruning)."""
     started = time.monotonic()
-    schedule = check_supported(config.prune)
+    schedule = check_supported(config.prune, config.finetune, config.distill)
+    curves = load_curves(config.external.sensitivity) if config.external.sensitivity else None
+    if curves and config.prune.layer_ratios:
+        raise ConfigError("external.sensitivity chooses the ratio of every group: drop prune.layer_ratios")
     parse_terms(config.distill.loss, True)
     check_min_crop(config.distill.min_crop)
     Path(config.output).mkdir(parents=True, exist_ok=True)
@@ -207,6 +251,8 @@ def start_imported(config: ExternalPruneConfig, progress: bool = True) -> Import
     if not ext.model:
         raise ConfigError("no model given: set external.model (--model det.onnx)")
     imported = import_onnx(ext.model, ext.input_size)
+    if curves is not None:
+        curves.check_model(imported.sha256)
     overrides = ModelOverrides(input_color_order=ext.input_color_order, input_scale=ext.input_scale,
                                class_names=tuple(ext.class_names) if ext.class_names else None)
     layout = resolve_layout(imported.path, imported.input_hw, ext.model_format, overrides)
@@ -214,20 +260,34 @@ def start_imported(config: ExternalPruneConfig, progress: bool = True) -> Import
     if progress and layout.note:
         tqdm.write(f"prune: {layout.note}")
     return ImportedRun(config, imported, layout, frames, labeled_map(imported.path, config, layout), schedule,
-                       started)
+                       started, curves)
 
 
-def prune_imported_at(run: ImportedRun, ratio: float, path: Path, progress: bool = True
+def prune_imported_at(run: ImportedRun, ratio: float, path: Path, progress: bool = True, scored: bool = True
                       ) -> tuple[Path, ModulePruneResult]:
     """Prune a fresh copy of the imported model at `ratio`, fine-tune it, write it as a drop-in ONNX at `path`;
-    the labeled scores (when a labeled set is configured) are filled on the dense and the final row."""
+    the labeled scores (when a labeled set is configured) are filled on the dense and the final row.
+    ``scored=False``: a structure for timing only (see :func:`prune_module`)."""
     config = run.config
     settings = dataclasses.replace(config.prune, ratio=ratio, budget=None, latency_ms=None)
+    allocation = None
+    if run.curves is not None:
+        allocation = allocate_ratios(run.curves, run.imported.module, run.imported.example_input(), settings.method,
+                                     ratio, settings.round_to, settings.max_layer_ratio, config.external.keep_layers)
+        settings = dataclasses.replace(settings, layer_ratios=allocation.layer_ratios, max_layer_ratio=(
+            covering_max_layer_ratio(settings.max_layer_ratio, allocation.layer_ratios)))
+        if progress:
+            tqdm.write(f"prune: sensitivity-guided ratios (tolerance {allocation.tolerance:.4f}): "
+                       f"{allocation.dense_macs / 1e6:.1f}M -> {allocation.macs / 1e6:.1f}M MACs, uniform ratio "
+                       f"{ratio:g} -> {allocation.uniform_macs / 1e6:.1f}M")
     student, result = prune_module(run.imported.module, run.imported.example_input(), run.layout, run.frames,
                                    settings, config.finetune, config.distill, config.external.keep_layers,
-                                   progress=progress)
+                                   progress=progress, scored=scored,
+                                   teacher_statistics=run.teacher_statistics if config.distill.batchnorm else None)
+    result.allocation = allocation
     dense, final = result.steps[0], result.steps[-1]
     record = {"method": settings.method, "ratio": ratio, "schedule": run.schedule,
+              **({"sensitivity": str(run.curves.path)} if run.curves else {}),
               "scope": "global" if settings.global_pruning else "local", "round_to": settings.round_to,
               "params": final.params, "macs": final.macs, "dense_params": dense.params, "dense_macs": dense.macs,
               "parent": {"path": str(run.imported.path), "sha256": run.imported.sha256},
@@ -247,7 +307,8 @@ def write_imported_history(run: ImportedRun, result: ModulePruneResult, markdown
         "config": to_dict(run.config), "score": "agreement", "output_format": run.layout.output_format,
         "layout_note": run.layout.note,
         "protected": result.plan.protected, "skipped_groups": result.plan.skipped_groups,
-        "frames": run.frames.describe(), "steps": [asdict(step) for step in result.steps], **extra,
+        "frames": run.frames.describe(), "steps": [asdict(step) for step in result.steps],
+        **({"sensitivity_ratios": result.allocation.as_record()} if result.allocation else {}), **extra,
         "seconds": round(time.monotonic() - run.started, 1)}, indent=2))
     (run.output / "summary.md").write_text(external_markdown(result.steps, run.config, run.layout) + markdown)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from prune_perception.config import ExternalPruneConfig, PruneConfig
 from prune_perception.errors import ConfigError
-from prune_perception.pruning.budget import run_budget_pruning, validate_budget_settings
-from prune_perception.pruning.choices import LISTED_BUDGET_SEARCHES
+from prune_perception.pruning.budget import (check_search_fans_out, run_budget_pruning,
+                                             validate_budget_settings)
 from prune_perception.pruning.ddp_finetune import check_distributable, run_on_ranks
 from prune_perception.pruning.elastic import validate_elastic
 from prune_perception.pruning.history import PruneResult
@@ -62,9 +62,7 @@ def validate_prune_config(config: PruneConfig, fan_out: FanOutSettings | None = 
         if mode != "budget":
             raise ConfigError("--scheduler / --workers fan out the candidates of an accuracy-budget search: they "
                               "need --budget (and no --latency-ms)")
-        if settings.budget_search not in LISTED_BUDGET_SEARCHES:
-            raise ConfigError(f"only the steps and descending budget searches fan out their candidates (bisect is "
-                              f"sequential): prune.budget_search is {settings.budget_search!r}")
+        check_search_fans_out(settings.budget_search)
         if env_context().is_distributed:
             raise ConfigError("--scheduler / --workers (Dask) and torchrun do not combine: use one of them")
     return mode
@@ -127,7 +125,10 @@ def _prune_imported(config: ExternalPruneConfig, progress: bool, fan_out: FanOut
     if config.prune.latency_ms is not None:
         summary.append(f"latency target {config.prune.latency_ms:g} ms: " + (
             f"ratio {chosen_ratio:g}, the smallest that meets it (history.json: achieved p50/p99)"
-            if chosen_ratio is not None else "the dense model meets it: written unchanged"))
+            if chosen_ratio is not None else
+            f"the smallest ratio that meets it drops more than the {config.prune.budget:g}-point budget: the dense "
+            "model was written unchanged (history.json: budget)" if candidates else
+            "the dense model meets it: written unchanged"))
     elif config.prune.budget is not None:
         summary.append(f"budget {config.prune.budget:g} points: " + (
             f"ratio {chosen_ratio:g} of {len(candidates)} candidate(s), the fastest within budget"

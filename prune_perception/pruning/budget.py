@@ -68,6 +68,13 @@ def fastest_within_budget(trials: Sequence[BudgetTrial], p50_ms: Sequence[float]
     return trials[fastest if p50_ms[fastest] < p50_ms[fewest_macs] * (1 - LATENCY_TIE) else fewest_macs]
 
 
+def check_search_fans_out(budget_search: str) -> None:
+    """ConfigError unless ``budget_search`` lists its candidates up front (steps, descending), so they can fan out."""
+    if budget_search not in LISTED_BUDGET_SEARCHES:
+        raise ConfigError(f"only the steps and descending budget searches fan out their candidates (bisect is "
+                          f"sequential): prune.budget_search is {budget_search!r}")
+
+
 def validate_budget_settings(settings: PruneSettings) -> None:
     if settings.budget is None or settings.budget < 0:
         raise ConfigError(f"prune.budget must be >= 0 mAP50 points, got {settings.budget}")

@@ -69,30 +69,33 @@ class StraightThroughMask:
     and activation modules; `remove()` takes them off.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, layers: dict[str, tuple[nn.Conv2d, nn.Module]] | None = None):
+        """``layers``: conv module name -> (the conv, the module after which its channels are masked); by default
+        every ConvBNAct of our detector (masked after its activation)."""
         self.keep: dict[str, torch.Tensor] = {}
         self.masked: dict[str, torch.Tensor] = {}
         self._inputs: dict[str, torch.Tensor] = {}
-        self._layers = {name: module for name, module in model.named_modules() if isinstance(module, ConvBNAct)}
+        self._layers = layers if layers is not None else {
+            f"{name}.conv": (module.conv, module.act) for name, module in model.named_modules()
+            if isinstance(module, ConvBNAct)}
         self._handles = []
-        for name, layer in self._layers.items():
-            self._handles.append(layer.conv.register_forward_hook(
+        for name, (conv, after) in self._layers.items():
+            self._handles.append(conv.register_forward_hook(
                 lambda module, args, output, name=name: self._conv_after(name, module, args[0], output)))
-            self._handles.append(layer.act.register_forward_pre_hook(
+            self._handles.append(after.register_forward_pre_hook(
                 lambda module, args, name=name: self._before(name, args)))
-            self._handles.append(layer.act.register_forward_hook(
+            self._handles.append(after.register_forward_hook(
                 lambda module, args, output, name=name: self._after(name, output)))
 
     def set(self, selection: Selection) -> None:
         """Mask exactly the conv filters of `selection` (the layers' channels; BatchNorm entries are implied)."""
         keep, masked = {}, {}
         for name, idxs in selection.items():
-            layer_name = name.rsplit(".", 1)[0]
-            if name.endswith(".conv") and layer_name in self._layers and idxs:
-                mask = torch.ones(1, self._layers[layer_name].conv.out_channels, 1, 1)
+            if name in self._layers and idxs:
+                mask = torch.ones(1, self._layers[name][0].out_channels, 1, 1)
                 mask[:, list(idxs)] = 0.0
-                keep[layer_name] = mask
-                masked[layer_name] = torch.as_tensor(sorted(idxs), dtype=torch.long)
+                keep[name] = mask
+                masked[name] = torch.as_tensor(sorted(idxs), dtype=torch.long)
         self.keep, self.masked = keep, masked
 
     def _conv_after(self, name: str, conv: nn.Conv2d, x: torch.Tensor, output: torch.Tensor):
@@ -100,8 +103,11 @@ class StraightThroughMask:
         if masked is None or not torch.is_grad_enabled():
             return None
         # same values; the masked channels' gradient reaches their filters but not the layer input
-        detached = F.conv2d(x.detach(), conv.weight[masked], None, conv.stride, conv.padding, conv.dilation,
-                            conv.groups)
+        if conv.groups == 1:
+            detached = F.conv2d(x.detach(), conv.weight[masked], None, conv.stride, conv.padding, conv.dilation)
+        else:   # grouped / depthwise: each output channel reads its own group of input channels
+            detached = F.conv2d(x.detach(), conv.weight, None, conv.stride, conv.padding, conv.dilation,
+                                conv.groups)[:, masked]
         return (output * self.keep[name].to(output.dtype)).index_add(1, masked, detached)
 
     def _before(self, name: str, args: tuple):
@@ -149,12 +155,17 @@ class SoftSelector:
         self.names = {module: name for name, module in model.named_modules()}
 
     def select(self) -> Selection:
-        self.pruner.current_step = 0   # the same (single) step again on the current weights
-        selection: Selection = {}
-        for group in self.pruner.step(interactive=True):
-            for name, idxs in _group_selection(self.pruner.DG, group, self.names).items():
-                selection[name] = sorted(set(selection.get(name, [])) | set(idxs))
-        return selection
+        return pending_selection(self.pruner, self.names)
+
+
+def pending_selection(pruner: tp.pruner.MetaPruner, names: dict[nn.Module, str]) -> Selection:
+    """What ``pruner``'s (single) step would remove on the current weights, without removing it."""
+    pruner.current_step = 0   # the same (single) step again on the current weights
+    selection: Selection = {}
+    for group in pruner.step(interactive=True):
+        for name, idxs in _group_selection(pruner.DG, group, names).items():
+            selection[name] = sorted(set(selection.get(name, [])) | set(idxs))
+    return selection
 
 
 @dataclass
@@ -240,9 +251,17 @@ def remove_zeroed_channels(model: Detector, input_hw: tuple[int, int]) -> dict[s
     A channel goes when, in every coupled conv and BatchNorm, its filter and γ, β are all zero: the network's
     outputs do not change. One channel per group stays even if all are zero (a layer needs one).
     """
-    graph = tp.DependencyGraph().build_dependency(model, torch.zeros(1, 3, *input_hw))
+    remove_zeroed(model, torch.zeros(1, 3, *input_hw), model.prunable_output_layers())
+    widths = model_widths(model)
+    model.arch = dict(model.arch, widths=widths)
+    return widths
+
+
+def remove_zeroed(model: nn.Module, example_input: torch.Tensor, ignored_layers: Sequence[nn.Module]) -> None:
+    """:func:`remove_zeroed_channels` for any traceable module, the layers in ``ignored_layers`` left whole."""
+    graph = tp.DependencyGraph().build_dependency(model, example_input)
     plans = []
-    for group in graph.get_all_groups(ignored_layers=model.prunable_output_layers(), root_module_types=[nn.Conv2d]):
+    for group in graph.get_all_groups(ignored_layers=list(ignored_layers), root_module_types=[nn.Conv2d]):
         root = group[0].dep.target.module
         zero = [True] * root.out_channels
         for item in _out_channel_items(graph, group):
@@ -255,6 +274,3 @@ def remove_zeroed_channels(model: Detector, input_hw: tuple[int, int]) -> dict[s
             plans.append((root, group[0].dep.handler, idxs))
     for root, handler, idxs in plans:
         graph.get_pruning_group(root, handler, idxs).prune()
-    widths = model_widths(model)
-    model.arch = dict(model.arch, widths=widths)
-    return widths

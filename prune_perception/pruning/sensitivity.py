@@ -111,26 +111,34 @@ def run_sensitivity(checkpoint_path: Path, data: str, output: Path, ratios: Sequ
     else:
         points = fan_out(model, input_hw, jobs, method, images, val_set)
     failed = [asdict(f) for f in getattr(fan_out, "failures", [])]
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "sensitivity.json").write_text(json.dumps({
-        "checkpoint": str(checkpoint_path), "data": str(data), "split": split, "val_images": len(val_set),
-        "method": method, "ratios": sorted(ratios), "dense": asdict(dense),
-        "groups": [list(group) for group in groups], "points": [asdict(p) for p in points],
-        **({"failed": failed} if failed else {})}, indent=2))
-    (output / "sensitivity.md").write_text(sensitivity_markdown(dense, points, method, len(val_set)))
-    sensitivity_plot(dense, points, output / "sensitivity.png")
+    write_sensitivity(output, {"checkpoint": str(checkpoint_path), "data": str(data), "split": split,
+                               "val_images": len(val_set), "method": method, "ratios": sorted(ratios),
+                               **({"failed": failed} if failed else {})},
+                      groups, dense, points, f"val mAP50 on {len(val_set)} images")
     return dense, points
 
 
-def sensitivity_markdown(dense: SensitivityPoint, points: list[SensitivityPoint], method: str, num_images: int) -> str:
+def write_sensitivity(output: Path, header: dict, groups: Sequence[Sequence[str]], dense: SensitivityPoint,
+                      points: list[SensitivityPoint], scored_as: str) -> None:
+    """sensitivity.json (``header``, dense, groups, points), .md and .png in ``output``; ``scored_as`` names the
+    score in the ``mAP50`` fields (e.g. "val mAP50 on 200 images")."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "sensitivity.json").write_text(json.dumps({
+        **header, "scored_as": scored_as, "dense": asdict(dense), "groups": [list(group) for group in groups],
+        "points": [asdict(p) for p in points]}, indent=2))
+    (output / "sensitivity.md").write_text(sensitivity_markdown(dense, points, header["method"], scored_as))
+    sensitivity_plot(dense, points, output / "sensitivity.png", scored_as)
+
+
+def sensitivity_markdown(dense: SensitivityPoint, points: list[SensitivityPoint], method: str, scored_as: str) -> str:
     ratios = sorted({p.ratio for p in points})
     by_group: dict[str, dict[float, SensitivityPoint]] = {}
     for p in points:
         by_group.setdefault(p.group, {})[p.ratio] = p
     lines = [f"# Sensitivity ({method})", "",
-             f"Each layer group pruned alone; val mAP50 on {num_images} images (dense {dense.mAP50:.3f}), "
-             "Δ in mAP50 points, MACs cut of the whole model.", "",
-             "| layer group | " + " | ".join(f"{r:g}: mAP50 (Δ, MACs cut)" for r in ratios) + " |",
+             f"Each layer group pruned alone; {scored_as} (dense {dense.mAP50:.3f}), "
+             "Δ in points, MACs cut of the whole model.", "",
+             "| layer group | " + " | ".join(f"{r:g}: score (Δ, MACs cut)" for r in ratios) + " |",
              "|---|" + "---|" * len(ratios)]
     for group, row in by_group.items():
         cells = [f"{row[r].mAP50:.3f} ({(row[r].mAP50 - dense.mAP50) * 100:+.1f}, {1 - row[r].macs / dense.macs:.1%})"
@@ -139,7 +147,8 @@ def sensitivity_markdown(dense: SensitivityPoint, points: list[SensitivityPoint]
     return "\n".join(lines) + "\n"
 
 
-def sensitivity_plot(dense: SensitivityPoint, points: list[SensitivityPoint], path: Path) -> Path:
+def sensitivity_plot(dense: SensitivityPoint, points: list[SensitivityPoint], path: Path,
+                     scored_as: str = "val mAP50") -> Path:
     """One curve per layer group: mAP50 against ratio, starting from the dense model at 0."""
     plt = pyplot()
 
@@ -151,7 +160,7 @@ def sensitivity_plot(dense: SensitivityPoint, points: list[SensitivityPoint], pa
         curve = sorted(curve, key=lambda p: p.ratio)
         axis.plot([0.0] + [p.ratio for p in curve], [dense.mAP50] + [p.mAP50 for p in curve], marker="o", label=group)
     axis.set_xlabel("channels removed from the group (ratio)")
-    axis.set_ylabel("val mAP50")
+    axis.set_ylabel(scored_as)
     axis.set_title("Sensitivity: one layer group pruned at a time")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=6, ncol=2, loc="lower left")

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from prune_perception.config import PruneConfig
-from prune_perception.errors import ConfigError
 from prune_perception.models.checkpoint import Checkpoint
 from prune_perception.models.detector import Detector, model_widths
-from prune_perception.pruning.choices import LISTED_BUDGET_SEARCHES
+from prune_perception.pruning.budget import check_search_fans_out
 from prune_perception.pruning.history import PruneStep
 from prune_perception.scaleout.runner import FanOutSettings, TaskFailures, map_tasks
 
@@ -66,9 +65,7 @@ class DaskBudgetCandidates:
 
     def __call__(self, config: PruneConfig, dense: Checkpoint,
                  ratios: Sequence[float]) -> dict[float, tuple[Detector, PruneStep, float]]:
-        if config.prune.budget_search not in LISTED_BUDGET_SEARCHES:
-            raise ConfigError(f"only the steps and descending budget searches fan out their candidates (bisect is "
-                              f"sequential): prune.budget_search is {config.prune.budget_search!r}")
+        check_search_fans_out(config.prune.budget_search)
         shared = {"config": config, "arch": dict(dense.model.arch, widths=model_widths(dense.model)),
                   "state_dict": dense.model.state_dict(), "input_hw": tuple(dense.input_hw),
                   "classes": list(dense.classes)}
