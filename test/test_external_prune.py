@@ -676,3 +676,18 @@ def test_the_elastic_schedule_soft_prunes_while_distilling_and_removes_the_best_
     with pytest.raises(ConfigError, match="must exceed prune.elastic_hard_epochs"):
         prune(_config(model, frames_dir, tmp_path / "bad", schedule="elastic", elastic_hard_epochs=1),
               progress=False)
+
+
+def test_round_to_keeps_the_nearest_multiple_per_group_not_the_one_below(models):
+    """torch-pruning rounds kept widths down, which halves a 16-channel layer at any ratio; imported models keep the
+    nearest multiple of round_to per group (global pruning, one ranking, still uses torch-pruning's)."""
+    imported = import_onnx(models["yolov8"])
+    widths = {name: m.out_channels for name, m in imported.module.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    pruner = GraphPruner(imported.module, imported.example_input(), make_importance("l1"), PruneSpec(0.1, round_to=8))
+    pruner.step()
+    after = {name: m.out_channels for name, m in imported.module.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    pruned = {name for group in pruner.plan.groups for name in group}
+    assert {widths[name] for name in pruned} >= {16, 48}
+    assert all(after[name] == widths[name] for name in pruned if widths[name] <= 32)   # 16*0.9 -> 16, not 8
+    assert all(after[name] == 40 for name in pruned if widths[name] == 48)            # 43.2 -> 40
+    assert all(after[name] % 8 == 0 for name in pruned)

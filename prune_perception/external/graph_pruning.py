@@ -27,7 +27,7 @@ from prune_perception.errors import ConfigError, ModelLoadError
 from prune_perception.external.batchnorm_reinsertion import has_batchnorm
 from prune_perception.external.layout import as_output_list
 from prune_perception.external.output_layers import CHANNEL_MIXING, output_layers
-from prune_perception.pruning.structured import PruneSpec
+from prune_perception.pruning.structured import PruneSpec, aligned_width
 
 CHANNEL_REORDERING_GRAD_FNS = ("PermuteBackward0", "TransposeBackward0")
 
@@ -67,6 +67,10 @@ def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.Depend
     except Exception as exc:  # torch-pruning raises plain errors for graphs it cannot trace
         raise ModelLoadError(f"torch-pruning cannot trace the model: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def _out_channels(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
 
 def _check_names(setting: str, requested, by_name: dict[str, nn.Module]) -> None:
@@ -125,12 +129,21 @@ class GraphPruner:
             model, self.example_input, importance=importance, global_pruning=self.spec.global_pruning,
             pruning_ratio=self.spec.ratio, pruning_ratio_dict=self._ratio_per_module(model, plan),
             max_pruning_ratio=self.spec.max_layer_ratio,
-            iterative_steps=self.spec.iterative_steps, ignored_layers=ignored, round_to=self.spec.round_to)
+            iterative_steps=self.spec.iterative_steps, ignored_layers=ignored,
+            round_to=None if self.aligned else self.spec.round_to)
+
+    @property
+    def aligned(self) -> bool:
+        """Widths rounded to ``round_to`` per group, to the nearest multiple (not global: one ranking has no groups)."""
+        return self.spec.round_to is not None and not self.spec.global_pruning
 
     def _ratio_per_module(self, model: nn.Module, plan: PrunePlan) -> dict[nn.Module, float] | None:
-        """torch-pruning's pruning_ratio_dict for ``spec.layer_ratios``: every layer of a named group, its ratio."""
+        """torch-pruning's pruning_ratio_dict: each group's ratio (``spec.layer_ratios`` by module name, else
+        ``spec.ratio``) for all its layers; with :attr:`aligned`, the ratio that keeps the nearest multiple of
+        ``round_to`` (``aligned_width``: torch-pruning's own rounding goes down, which halves a 16-channel layer
+        at any ratio)."""
         requested = self.spec.layer_ratios or {}
-        if not requested:
+        if not requested and not self.aligned:
             return None
         by_name = dict(model.named_modules())
         _check_names("layer_ratios", requested, by_name)
@@ -140,9 +153,12 @@ class GraphPruner:
             if len(named) > 1:
                 raise ConfigError(f"layer_ratios: the coupled layers {', '.join(group)} are pruned together and "
                                   f"need one ratio, got {sorted(named)}")
-            if named:
-                ratio = named.pop()
-                ratios.update({by_name[name]: ratio for name in group})
+            ratio = named.pop() if named else self.spec.ratio
+            if self.aligned:
+                channels = _out_channels(by_name[group[0]])
+                kept = aligned_width(channels, ratio, self.spec.round_to, max(self.spec.max_layer_ratio, ratio))
+                ratio = 0.0 if kept >= channels else 1 - (kept + 0.5) / channels   # +0.5: torch-pruning truncates
+            ratios.update({by_name[name]: ratio for name in group})
         unprunable = sorted(set(requested) - {name for group in plan.groups for name in group})
         if unprunable:
             raise ConfigError(f"layer_ratios: {', '.join(unprunable)} cannot be pruned (an output layer, kept, or in "
