@@ -26,7 +26,7 @@ from prune_perception.config import (ExternalModelSettings, ExternalPruneConfig,
 from prune_perception.errors import ConfigError, DatasetError, ModelLoadError
 from prune_perception.external.agreement import AgreementScorer
 from prune_perception.external.batchnorm_reinsertion import (conv_statistics, fold_batchnorm, has_batchnorm,
-                                                              insert_batchnorm)
+                                                              insert_batchnorm, output_statistics)
 from prune_perception.external.distill_finetune import augment
 from prune_perception.external.frames import load_frames
 from prune_perception.external.graph_pruning import GraphPruner
@@ -221,6 +221,9 @@ def test_batchnorm_is_reinserted_calibrated_to_the_teacher_and_folded_back(model
     statistics = conv_statistics(teacher, frames)
     wrapped = insert_batchnorm(student, statistics, frames, pruner.kept_out_channels, pruner.plan.protected)
     assert set(wrapped) == set(convs) - set(pruner.plan.protected) and wrapped
+    outputs = output_statistics(student, pruner.plan.protected, frames, 16)   # output layers: mean compensated
+    for name in pruner.plan.protected:
+        assert torch.allclose(outputs[name][0], statistics[name][0], atol=1e-3 * float(statistics[name][1].mean().sqrt()))
     with torch.no_grad():
         calibrated = student(images)
     assert (calibrated - target).abs().mean() < (before - target).abs().mean()
