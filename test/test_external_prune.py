@@ -223,7 +223,8 @@ def test_batchnorm_is_reinserted_calibrated_to_the_teacher_and_folded_back(model
     assert set(wrapped) == set(convs) - set(pruner.plan.protected) and wrapped
     outputs = output_statistics(student, pruner.plan.protected, frames, 16)   # output layers: mean compensated
     for name in pruner.plan.protected:
-        assert torch.allclose(outputs[name][0], statistics[name][0], atol=1e-3 * float(statistics[name][1].mean().sqrt()))
+        spread = float(statistics[name][1].mean().sqrt())
+        assert torch.allclose(outputs[name][0], statistics[name][0], atol=1e-3 * spread)
     with torch.no_grad():
         calibrated = student(images)
     assert (calibrated - target).abs().mean() < (before - target).abs().mean()
@@ -599,7 +600,8 @@ def test_prune_command_on_an_onnx_detector(models, frames_dir, tmp_path, capsys)
     assert lines[0].startswith(f"pruned ONNX: {out / 'pruned.onnx'}") and "agreement with the dense model" in lines[1]
     assert main(["report", str(out), "-o", str(tmp_path / "report"), "-q"]) == 0   # the HTML report reads it too
     assert "agreement mAP50" in (tmp_path / "report" / "report.html").read_text()
-    for extra, message in ((["--checkpoint", "x.pt"], "exclude each other"), (["--schedule", "elastic", "--method", "taylor"], "elastic schedule ranks"),
+    for extra, message in ((["--checkpoint", "x.pt"], "exclude each other"),
+                           (["--schedule", "elastic", "--method", "taylor"], "elastic schedule ranks"),
                            (["--latency-ms", "2", "--budget", "-1"], "prune.budget must be >= 0")):
         code = main(["prune", "--model", str(models["yolox"]), "--images", str(frames_dir), "-o", str(out), *extra])
         err = capsys.readouterr().err.strip()
