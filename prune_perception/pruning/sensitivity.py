@@ -147,22 +147,39 @@ def sensitivity_markdown(dense: SensitivityPoint, points: list[SensitivityPoint]
     return "\n".join(lines) + "\n"
 
 
+LABELLED_GROUPS = 12
+
+
+def _short(group: str, width: int = 60) -> str:
+    """A group's name for a legend: its first layer, the number of others, cut to ``width`` from the left."""
+    layers = group.split("+")
+    name = layers[0] + (f" +{len(layers) - 1}" if len(layers) > 1 else "")
+    return name if len(name) <= width else "…" + name[-width + 1:]
+
+
 def sensitivity_plot(dense: SensitivityPoint, points: list[SensitivityPoint], path: Path,
                      scored_as: str = "val mAP50") -> Path:
-    """One curve per layer group: mAP50 against ratio, starting from the dense model at 0."""
+    """One curve per layer group: the score against ratio, starting from the dense model at 0. With more than
+    :data:`LABELLED_GROUPS` groups (an imported graph has dozens), the most sensitive are drawn in colour and
+    named, the others in grey."""
     plt = pyplot()
 
     by_group: dict[str, list[SensitivityPoint]] = {}
     for p in points:
         by_group.setdefault(p.group, []).append(p)
+    worst_first = sorted(by_group, key=lambda group: min(p.mAP50 for p in by_group[group]))
+    named = set(worst_first[:LABELLED_GROUPS])
     figure, axis = plt.subplots(figsize=(9, 6))
-    for group, curve in by_group.items():
-        curve = sorted(curve, key=lambda p: p.ratio)
-        axis.plot([0.0] + [p.ratio for p in curve], [dense.mAP50] + [p.mAP50 for p in curve], marker="o", label=group)
+    for group in sorted(by_group, key=lambda group: group in named):   # the named ones drawn on top
+        curve = sorted(by_group[group], key=lambda p: p.ratio)
+        style = {"marker": "o", "label": _short(group)} if group in named else {"color": "0.8", "linewidth": 0.8}
+        axis.plot([0.0] + [p.ratio for p in curve], [dense.mAP50] + [p.mAP50 for p in curve], **style)
     axis.set_xlabel("channels removed from the group (ratio)")
-    axis.set_ylabel(scored_as)
-    axis.set_title("Sensitivity: one layer group pruned at a time")
+    axis.set_ylabel(scored_as.split(" on ")[0])
+    axis.set_title("Sensitivity: one layer group pruned at a time"
+                   + (f" ({LABELLED_GROUPS} most sensitive of {len(by_group)} named)" if len(by_group) > len(named)
+                      else ""), fontsize=10)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=6, ncol=2, loc="lower left")
+    axis.legend(fontsize=6, loc="lower left")
     save_figure(figure, path, dpi=120)
     return path
