@@ -39,10 +39,12 @@ from prune_perception.pruning.structured import PruneSpec
 
 @dataclass
 class ImportedElasticEpoch:
-    """One epoch boundary: filters zeroed at its start, and how many of those zeroed before came back."""
+    """One epoch boundary: filters zeroed at its start; of those zeroed one epoch earlier, how many had non-zero
+    weights again and how many were not zeroed again (came back)."""
 
     epoch: int
     zeroed: int
+    regrown: int
     revived: int
 
 
@@ -118,7 +120,9 @@ def elastic_distill(teacher: nn.Module, example_input: torch.Tensor, loss_of: Lo
         nonlocal previous
         selection = selector.select()
         filters = selection_filters(selection, student)
-        records.append(ImportedElasticEpoch(epoch, len(filters), len(previous - filters)))
+        modules = dict(student.named_modules())
+        regrown = sum(bool(modules[name].weight.detach()[index].abs().sum() > 0) for name, index in previous)
+        records.append(ImportedElasticEpoch(epoch, len(filters), regrown, len(previous - filters)))
         zero_selection(student, selection, full=False)
         mask.set(selection)
         previous = filters
