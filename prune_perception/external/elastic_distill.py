@@ -30,9 +30,9 @@ from prune_perception.external.batchnorm_reinsertion import ConvWithBatchNorm, i
 from prune_perception.external.distill_finetune import FinetuneResult, distill_finetune
 from prune_perception.external.graph_pruning import GraphPruner, dependency_graph, plan_pruning
 from prune_perception.external.label_free_loss import DistillationLoss
-from prune_perception.pruning.channel_masks import (StraightThroughMask, pending_selection, remove_zeroed,
-                                                    selection_filters, zero_selection)
-from prune_perception.pruning.elastic import ELASTIC_METHODS
+from prune_perception.pruning.channel_masks import (StraightThroughMask, pending_selection, regrown_filters,
+                                                    remove_zeroed, selection_filters, zero_selection)
+from prune_perception.pruning.elastic import validate_elastic_settings
 from prune_perception.pruning.importance import make_importance
 from prune_perception.pruning.structured import PruneSpec
 
@@ -65,13 +65,7 @@ class ElasticResult:
 
 def check_elastic(settings: PruneSettings, finetune: OptimConfig, distill: LabelFreeDistillSettings) -> None:
     """ConfigError for an elastic run this path cannot do."""
-    if settings.method not in ELASTIC_METHODS:
-        raise ConfigError(f"the elastic schedule ranks filters again at every epoch without loss gradients: "
-                          f"prune.method must be one of {', '.join(ELASTIC_METHODS)}, got {settings.method!r}")
-    if settings.elastic_hard_epochs < 0 or finetune.epochs <= settings.elastic_hard_epochs:
-        raise ConfigError(f"the elastic schedule needs fine-tuning epochs for its soft phase: finetune.epochs "
-                          f"({finetune.epochs}) must exceed prune.elastic_hard_epochs ({settings.elastic_hard_epochs}"
-                          ", >= 0)")
+    validate_elastic_settings(settings, finetune.epochs)
     if not distill.batchnorm:
         raise ConfigError("the elastic schedule on imported models masks channels after re-inserted BatchNorm: "
                           "distill.batchnorm must be on")
@@ -120,9 +114,8 @@ def elastic_distill(teacher: nn.Module, example_input: torch.Tensor, loss_of: Lo
         nonlocal previous
         selection = selector.select()
         filters = selection_filters(selection, student)
-        modules = dict(student.named_modules())
-        regrown = sum(bool(modules[name].weight.detach()[index].abs().sum() > 0) for name, index in previous)
-        records.append(ImportedElasticEpoch(epoch, len(filters), regrown, len(previous - filters)))
+        records.append(ImportedElasticEpoch(epoch, len(filters), regrown_filters(student, previous),
+                                            len(previous - filters)))
         zero_selection(student, selection, full=False)
         mask.set(selection)
         previous = filters

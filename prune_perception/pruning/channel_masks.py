@@ -40,6 +40,12 @@ def selection_filters(selection: Selection, model: nn.Module) -> set[tuple[str, 
     return {(name, i) for name, idxs in selection.items() if isinstance(modules[name], nn.Conv2d) for i in idxs}
 
 
+def regrown_filters(model: nn.Module, filters: set[tuple[str, int]]) -> int:
+    """How many of the (conv name, filter index) pairs have non-zero weights (zeroed earlier, grown back since)."""
+    modules = dict(model.named_modules())
+    return sum(bool(modules[name].weight.detach()[index].abs().sum() > 0) for name, index in filters)
+
+
 @torch.no_grad()
 def zero_selection(model: nn.Module, selection: Selection, full: bool) -> None:
     """Zero the selected conv filters (and bias); with `full`, BatchNorm γ and β of those channels too."""

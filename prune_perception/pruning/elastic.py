@@ -31,14 +31,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from prune_perception.config import PruneConfig, TrainConfig
+from prune_perception.config import PruneConfig, PruneSettings, TrainConfig
 from prune_perception.errors import ConfigError
 from prune_perception.evaluation.coco_map import MapResult
 from prune_perception.models.checkpoint import load_checkpoint
 from prune_perception.models.cost import model_cost
 from prune_perception.models.detector import Detector
 from prune_perception.pruning.channel_masks import (Selection, SoftSelector, StraightThroughMask,
-                                                    remove_zeroed_channels, selection_filters, zero_selection)
+                                                    regrown_filters, remove_zeroed_channels, selection_filters,
+                                                    zero_selection)
 from prune_perception.pruning.finetune import finetune, finetune_config, make_distiller
 from prune_perception.pruning.history import PruneStep
 from prune_perception.pruning.importance import make_importance
@@ -62,15 +63,19 @@ class ElasticEpoch:
 
 
 def validate_elastic(config: PruneConfig) -> None:
-    settings = config.prune
+    validate_elastic_settings(config.prune, config.finetune.epochs)
+
+
+def validate_elastic_settings(settings: PruneSettings, finetune_epochs: int) -> None:
+    """ConfigError unless the importance is gradient-free and some of the fine-tuning epochs are soft ones."""
     if settings.method not in ELASTIC_METHODS:
         raise ConfigError(f"the elastic schedule ranks filters again at every epoch without loss gradients: "
                           f"prune.method must be one of {', '.join(ELASTIC_METHODS)}, got {settings.method!r}")
     if settings.elastic_hard_epochs < 0:
         raise ConfigError(f"prune.elastic_hard_epochs must be >= 0, got {settings.elastic_hard_epochs}")
-    if config.finetune.epochs <= settings.elastic_hard_epochs:
+    if finetune_epochs <= settings.elastic_hard_epochs:
         raise ConfigError(f"the elastic schedule needs fine-tuning epochs for its soft phase: finetune.epochs "
-                          f"({config.finetune.epochs}) must exceed prune.elastic_hard_epochs "
+                          f"({finetune_epochs}) must exceed prune.elastic_hard_epochs "
                           f"({settings.elastic_hard_epochs})")
 
 
@@ -91,8 +96,7 @@ class ElasticTrainer(Trainer):
         self._probe_epoch = -1
 
     def _regrown(self) -> int:
-        modules = dict(self.model.named_modules())
-        return sum(bool(modules[name].weight.detach()[index].abs().sum() > 0) for name, index in self.previous)
+        return regrown_filters(self.model, self.previous)
 
     def train_epoch(self, epoch: int):
         selection = self.selector.select()
