@@ -37,7 +37,7 @@ def _model(classes: int = 3) -> Detector:
 
 def test_removing_fully_zeroed_channels_is_exact_and_shrinks_the_network():
     model = _model()
-    selection = SoftSelector(model, INPUT_HW, make_importance("l1"), PruneSpec(0.5)).select()
+    selection = SoftSelector.for_detector(model, INPUT_HW, make_importance("l1"), PruneSpec(0.5)).select()
     zero_selection(model, selection, full=True)
     images = torch.rand(2, 3, *INPUT_HW)
     with torch.no_grad():
@@ -53,7 +53,7 @@ def test_removing_fully_zeroed_channels_is_exact_and_shrinks_the_network():
 
 def test_soft_zeroed_filter_still_gets_gradient_and_regains_weights():
     model = _model().train()
-    selection = SoftSelector(model, INPUT_HW, make_importance("l1"), PruneSpec(0.5)).select()
+    selection = SoftSelector.for_detector(model, INPUT_HW, make_importance("l1"), PruneSpec(0.5)).select()
     zero_selection(model, selection, full=False)
     modules = dict(model.named_modules())
     # the hard case: a zeroed filter whose BatchNorm shift is negative (its ReLU passes no gradient)
@@ -80,7 +80,7 @@ def test_soft_zeroed_filter_still_gets_gradient_and_regains_weights():
 
 def test_straight_through_mask_forward_is_the_pruned_network():
     model = _model()
-    selection = SoftSelector(model, INPUT_HW, make_importance("l1"), PruneSpec(0.5)).select()
+    selection = SoftSelector.for_detector(model, INPUT_HW, make_importance("l1"), PruneSpec(0.5)).select()
     zero_selection(model, selection, full=False)
     mask = StraightThroughMask(model)
     mask.set(selection)
@@ -98,7 +98,7 @@ def test_straight_through_mask_forward_is_the_pruned_network():
 def test_masked_filters_learn_but_the_rest_gets_the_pruned_networks_gradient():
     """Regrown masked filters must not leak gradient into the layers before them (the pruned network's own)."""
     model = _model()
-    selection = SoftSelector(model, INPUT_HW, make_importance("l1"), PruneSpec(0.5)).select()
+    selection = SoftSelector.for_detector(model, INPUT_HW, make_importance("l1"), PruneSpec(0.5)).select()
     model.train()   # (building the selector's dependency graph leaves the model in eval mode)
     masked_filters = selection_filters(selection, model)
     modules = dict(model.named_modules())
@@ -135,7 +135,7 @@ def test_masked_filters_learn_but_the_rest_gets_the_pruned_networks_gradient():
 
 def test_a_zeroed_filter_that_proves_useful_comes_back_at_the_next_selection():
     model = _model()
-    selector = SoftSelector(model, INPUT_HW, make_importance("l1"), PruneSpec(0.5))
+    selector = SoftSelector.for_detector(model, INPUT_HW, make_importance("l1"), PruneSpec(0.5))
     selection = selector.select()
     model.train()
     layer = "neck.td3"

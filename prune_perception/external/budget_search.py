@@ -64,6 +64,16 @@ def score_name(config: ExternalPruneConfig) -> str:
     return "labeled mAP50" if config.external.labeled_data else "agreement mAP50"
 
 
+def budget_score(run: ImportedRun, step: ExternalPruneStep) -> float:
+    """What an accuracy budget is taken of: the step's labeled mAP50 with labeled data, else its agreement mAP50."""
+    return step.labeled_mAP50 if run.config.external.labeled_data is not None else step.mAP50
+
+
+def dense_budget_score(run: ImportedRun) -> float:
+    """The dense model's :func:`budget_score`: its labeled mAP50, or perfect agreement (1.0)."""
+    return run.dense_labeled[0] if run.config.external.labeled_data is not None else 1.0
+
+
 def require_decodable(run: ImportedRun) -> None:
     """ConfigError for a raw layout: an accuracy budget needs an mAP."""
     if not run.layout.decodable:
@@ -76,22 +86,18 @@ def search_imported_budget(config: ExternalPruneConfig, progress: bool = True
     """Run the search; (pruned.onnx, [dense row, chosen row] or [dense row], every candidate)."""
     run = start_imported(config, progress)
     require_decodable(run)
-    settings, labeled = config.prune, config.external.labeled_data is not None
+    settings = config.prune
     results: dict[float, tuple[Path, ModulePruneResult]] = {}
-
-    def score(step: ExternalPruneStep) -> float:
-        return step.labeled_mAP50 if labeled else step.mAP50
 
     def evaluate_candidate(ratio: float) -> tuple[float, float]:
         path, result = prune_imported_at(run, ratio, run.output / "candidates" / f"ratio_{ratio:.3f}.onnx", progress)
         results[ratio] = (path, result)
         if progress:
             tqdm.write(f"ratio {ratio:.3f}: MACs {result.steps[-1].macs / 1e6:.1f}M, {score_name(config)} "
-                       f"{score(result.steps[-1]):.3f}")
-        return score(result.steps[-1]), ratio
+                       f"{budget_score(run, result.steps[-1]):.3f}")
+        return budget_score(run, result.steps[-1]), ratio
 
-    dense_score = run.dense_labeled[0] if labeled else 1.0
-    trials, _ = search_budget(evaluate_candidate, dense_score, settings.budget, settings.budget_search,
+    trials, _ = search_budget(evaluate_candidate, dense_budget_score(run), settings.budget, settings.budget_search,
                               settings.budget_ratios, settings.ratio, settings.budget_tolerance)
     measure = MeasureSettings(settings.latency_device, settings.latency_threads, settings.latency_runs)
     dense_ms, *trial_ms = time_models([run.imported.path] + [results[t.ratio][0] for t in trials], measure,

@@ -30,7 +30,7 @@ from prune_perception.external.batchnorm_reinsertion import ConvWithBatchNorm, i
 from prune_perception.external.distill_finetune import FinetuneResult, distill_finetune
 from prune_perception.external.graph_pruning import GraphPruner, dependency_graph, plan_pruning
 from prune_perception.external.label_free_loss import DistillationLoss
-from prune_perception.pruning.channel_masks import (StraightThroughMask, pending_selection, regrown_filters,
+from prune_perception.pruning.channel_masks import (SoftSelector, StraightThroughMask, regrown_filters,
                                                     remove_zeroed, selection_filters, zero_selection)
 from prune_perception.pruning.elastic import validate_elastic_settings
 from prune_perception.pruning.importance import make_importance
@@ -71,17 +71,6 @@ def check_elastic(settings: PruneSettings, finetune: OptimConfig, distill: Label
                           "distill.batchnorm must be on")
 
 
-class _Selector:
-    """torch-pruning's selection on a model's current weights, with the GraphPruner's protections."""
-
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, method: str, spec: PruneSpec, keep_layers):
-        self.pruner = GraphPruner(model, example_input, make_importance(method), spec, keep_layers).pruner
-        self.names = {module: name for name, module in model.named_modules()}
-
-    def select(self):
-        return pending_selection(self.pruner, self.names)
-
-
 def elastic_distill(teacher: nn.Module, example_input: torch.Tensor, loss_of: LossFactory, scorer: AgreementScorer,
                     frames: torch.Tensor, statistics, spec: PruneSpec, settings: PruneSettings, finetune: OptimConfig,
                     min_crop: float = 1.0, keep_layers: Sequence[str] = (), progress: bool = True) -> ElasticResult:
@@ -98,8 +87,8 @@ def elastic_distill(teacher: nn.Module, example_input: torch.Tensor, loss_of: Lo
         raise ConfigError("the elastic schedule on imported models needs a BatchNorm-folded export (this module has "
                           "BatchNorm of its own): use oneshot or iterative")
     probe = copy.deepcopy(student)
-    selector = _Selector(student, example_input, settings.method, spec, keep_layers)
-    probe_selector = _Selector(probe, example_input, settings.method, spec, keep_layers)
+    selector, probe_selector = (SoftSelector(GraphPruner(model, example_input, make_importance(settings.method), spec,
+                                                         keep_layers).pruner, model) for model in (student, probe))
     mask = StraightThroughMask(student, {f"{name}.0": (module[0], module[1]) for name, module in student.named_modules()
                                          if isinstance(module, ConvWithBatchNorm)})
     records: list[ImportedElasticEpoch] = []

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from prune_perception.config import ExternalPruneConfig
 from prune_perception.errors import ConfigError
 from prune_perception.external.agreement import AgreementScorer
-from prune_perception.external.budget_search import require_decodable, score_name
+from prune_perception.external.budget_search import budget_score, dense_budget_score, require_decodable, score_name
 from prune_perception.external.graph_pruning import PrunePlan
 from prune_perception.external.pipeline import (ExternalPruneStep, ImportedRun, ModulePruneResult, prune_imported_at,
                                                 start_imported, write_imported_history)
@@ -64,8 +64,7 @@ def _structure_only(run: ImportedRun) -> ImportedRun:
 
 def _budget_check(run: ImportedRun, result: ModulePruneResult) -> dict:
     """The chosen, fine-tuned model against ``prune.budget`` (the budget search's score)."""
-    final, labeled = result.steps[-1], run.config.external.labeled_data is not None
-    dense_score, score = (run.dense_labeled[0], final.labeled_mAP50) if labeled else (1.0, final.mAP50)
+    dense_score, score = dense_budget_score(run), budget_score(run, result.steps[-1])
     drop = (dense_score - score) * 100
     return {"points": run.config.prune.budget, "score": score_name(run.config), "dense": dense_score, "pruned": score,
             "drop_points": round(drop, 3), "within_budget": drop <= run.config.prune.budget}

@@ -149,29 +149,31 @@ def _group_selection(graph: tp.DependencyGraph, group, names: dict[nn.Module, st
 
 
 class SoftSelector:
-    """Which channels pruning `model` with `importance` and `spec` would remove now, without removing them.
+    """Which channels `pruner` (torch-pruning's MetaPruner on `model`) would remove now, without removing them.
 
-    The dependency graph (torch-pruning's MetaPruner) is built once; every `select()` ranks the current
-    weights again, so the selection follows training. The model's structure must not change in between.
+    The dependency graph is built once; every `select()` ranks the current weights again, so the selection
+    follows training. The model's structure must not change in between.
     """
 
-    def __init__(self, model: Detector, input_hw: tuple[int, int], importance: tp.importance.Importance,
-                 spec: PruneSpec):
-        self.pruner = StructuredPruner(model, input_hw, importance, dataclasses.replace(spec, iterative_steps=1)).pruner
+    def __init__(self, pruner: tp.pruner.MetaPruner, model: nn.Module):
+        self.pruner = pruner
         self.names = {module: name for name, module in model.named_modules()}
 
+    @classmethod
+    def for_detector(cls, model: Detector, input_hw: tuple[int, int], importance: tp.importance.Importance,
+                     spec: PruneSpec) -> SoftSelector:
+        """The selector of our own detector pruned with `importance` and `spec` (one step)."""
+        return cls(StructuredPruner(model, input_hw, importance, dataclasses.replace(spec, iterative_steps=1)).pruner,
+                   model)
+
     def select(self) -> Selection:
-        return pending_selection(self.pruner, self.names)
-
-
-def pending_selection(pruner: tp.pruner.MetaPruner, names: dict[nn.Module, str]) -> Selection:
-    """What ``pruner``'s (single) step would remove on the current weights, without removing it."""
-    pruner.current_step = 0   # the same (single) step again on the current weights
-    selection: Selection = {}
-    for group in pruner.step(interactive=True):
-        for name, idxs in _group_selection(pruner.DG, group, names).items():
-            selection[name] = sorted(set(selection.get(name, [])) | set(idxs))
-    return selection
+        """What the pruner's (single) step would remove on the current weights."""
+        self.pruner.current_step = 0   # the same (single) step again on the current weights
+        selection: Selection = {}
+        for group in self.pruner.step(interactive=True):
+            for name, idxs in _group_selection(self.pruner.DG, group, self.names).items():
+                selection[name] = sorted(set(selection.get(name, [])) | set(idxs))
+        return selection
 
 
 @dataclass

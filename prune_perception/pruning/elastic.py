@@ -85,10 +85,10 @@ class ElasticTrainer(Trainer):
     def __init__(self, config: TrainConfig, model: Detector, input_hw: tuple[int, int], method: str,
                  spec: PruneSpec, progress: bool = True, distiller: Distiller | None = None):
         super().__init__(config, model=model, progress=progress, distiller=distiller)
-        self.selector = SoftSelector(model, input_hw, make_importance(method), spec)
+        self.selector = SoftSelector.for_detector(model, input_hw, make_importance(method), spec)
         # evaluations rank and zero a copy (of the EMA weights when EMA is on) with its own dependency graph
         self.probe = copy.deepcopy(model)
-        self.probe_selector = SoftSelector(self.probe, input_hw, make_importance(method), spec)
+        self.probe_selector = SoftSelector.for_detector(self.probe, input_hw, make_importance(method), spec)
         self.mask = StraightThroughMask(model)    # after the EMA and probe copies: they carry no hooks
         self.records: list[ElasticEpoch] = []
         self.previous: set[tuple[str, int]] = set()
@@ -130,7 +130,8 @@ class ElasticTrainer(Trainer):
 def selection_macs_cut(model: Detector, input_hw: tuple[int, int], method: str, spec: PruneSpec) -> float:
     """Share of `model`'s MACs that removing the spec's first selection cuts (measured on a copy)."""
     planned = copy.deepcopy(model)
-    zero_selection(planned, SoftSelector(planned, input_hw, make_importance(method), spec).select(), full=True)
+    selector = SoftSelector.for_detector(planned, input_hw, make_importance(method), spec)
+    zero_selection(planned, selector.select(), full=True)
     remove_zeroed_channels(planned, input_hw)
     return 1 - model_cost(planned, input_hw).macs / model_cost(model, input_hw).macs
 
