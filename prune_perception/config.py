@@ -238,18 +238,38 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {annotation}")
 
 
-def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+def from_dict(cls: type[T], data: Any, where: str = "config", base: T | None = None) -> T:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError.
+
+    Keys not in the mapping keep their values in `base` (default: the class defaults). A section given in part
+    starts from its field's own default, so a config's section defaults (``default_factory``) survive an
+    override of one of its keys.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(names))}")
-    return cls(**{k: _check_value(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(fields))}")
+    values = {}
+    for key, value in data.items():
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            values[key] = from_dict(hints[key], value, f"{where}.{key}", base_value(base, fields[key]))
+        else:
+            values[key] = _check_value(value, hints[key], f"{where}.{key}")
+    return cls(**values) if base is None else dataclasses.replace(base, **values)
+
+
+def base_value(base: Any, field_: dataclasses.Field) -> Any:
+    """`field_`'s value in `base`, or its declared default (None when it has none)."""
+    if base is not None:
+        return getattr(base, field_.name)
+    if field_.default_factory is not dataclasses.MISSING:
+        return field_.default_factory()
+    return None if field_.default is dataclasses.MISSING else field_.default
 
 
 def to_dict(config: Any) -> dict:

@@ -1,10 +1,11 @@
 """YAML configs: strict keys and types, shipped files in sync with the defaults."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from prune_perception.config import TrainConfig, load_config
+from prune_perception.config import ExternalPruneConfig, PruneConfig, TrainConfig, load_config
 from prune_perception.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +34,17 @@ def test_overrides_are_typed():
     assert config.optim.epochs == 5 and config.model.input_size == [64, 96] and config.optim.lr == 1.0
     with pytest.raises(ConfigError, match="optim.epochs: expected int"):
         load_config(TrainConfig, None, ["optim.epochs=many"])
+
+
+def test_overriding_one_key_of_a_section_keeps_the_sections_own_defaults(tmp_path):
+    # PruneConfig's fine-tuning and ExternalPruneConfig's pruning defaults differ from their classes' defaults
+    external = load_config(ExternalPruneConfig, None, ["prune.ratio=0.25", "finetune.epochs=3"])
+    assert external.prune.round_to == ExternalPruneConfig().prune.round_to == 8 and external.prune.ratio == 0.25
+    assert external.finetune.lr == ExternalPruneConfig().finetune.lr == 0.001 and external.finetune.epochs == 3
+    path = tmp_path / "prune.yaml"
+    path.write_text("finetune:\n  epochs: 2\n")
+    ours = load_config(PruneConfig, path)
+    assert ours.finetune == dataclasses.replace(PruneConfig().finetune, epochs=2)
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):
