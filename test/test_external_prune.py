@@ -8,6 +8,7 @@ Runtime and the runtime engine throughout.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -279,6 +280,9 @@ def test_in_memory_module_with_raw_layout_and_user_loss(frames_dir):
     assert calls and result.steps[-1].macs < result.steps[0].macs
     assert result.steps[-1].mAP50 is None and result.steps[-1].raw_error > 0
     assert [o.shape for o in student(torch.zeros(2, 3, *INPUT_HW))] == [o.shape for o in model(torch.zeros(2, 3, *INPUT_HW))]
+    with pytest.raises(ConfigError, match="BatchNorm of its own"):   # elastic masks sit after re-inserted BatchNorm
+        prune_module(model, torch.zeros(1, 3, *INPUT_HW), layout, frames, PruneSettings(ratio=0.3, schedule="elastic"),
+                     dataclasses.replace(TINY_TUNE, epochs=2), progress=False)
 
 
 # --------------------------------------------------------------------------- bad input

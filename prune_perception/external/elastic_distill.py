@@ -26,7 +26,7 @@ from torch import nn
 from prune_perception.config import LabelFreeDistillSettings, OptimConfig, PruneSettings
 from prune_perception.errors import ConfigError
 from prune_perception.external.agreement import Agreement, AgreementScorer
-from prune_perception.external.batchnorm_reinsertion import ConvWithBatchNorm, insert_batchnorm
+from prune_perception.external.batchnorm_reinsertion import ConvWithBatchNorm, has_batchnorm, insert_batchnorm
 from prune_perception.external.distill_finetune import FinetuneResult, distill_finetune
 from prune_perception.external.graph_pruning import GraphPruner, dependency_graph, plan_pruning
 from prune_perception.external.label_free_loss import DistillationLoss
@@ -71,6 +71,13 @@ def check_elastic(settings: PruneSettings, finetune: OptimConfig, distill: Label
                           "distill.batchnorm must be on")
 
 
+def check_elastic_model(model: nn.Module) -> None:
+    """ConfigError for a module with BatchNorm of its own (the masks sit after BatchNorm this path re-inserts)."""
+    if has_batchnorm(model):
+        raise ConfigError("the elastic schedule on imported models needs a BatchNorm-folded export (this module has "
+                          "BatchNorm of its own): use oneshot or iterative")
+
+
 def elastic_distill(teacher: nn.Module, example_input: torch.Tensor, loss_of: LossFactory, scorer: AgreementScorer,
                     frames: torch.Tensor, statistics, spec: PruneSpec, settings: PruneSettings, finetune: OptimConfig,
                     min_crop: float = 1.0, keep_layers: Sequence[str] = (), progress: bool = True) -> ElasticResult:
@@ -80,12 +87,11 @@ def elastic_distill(teacher: nn.Module, example_input: torch.Tensor, loss_of: Lo
     :func:`~.batchnorm_reinsertion.conv_statistics` on ``frames``. The student comes back with its BatchNorm
     still in (the caller folds it).
     """
+    check_elastic_model(teacher)
     student = copy.deepcopy(teacher).requires_grad_(True)
     protected = GraphPruner(copy.deepcopy(teacher), example_input, make_importance(settings.method), spec,
                             keep_layers).plan.protected
-    if not insert_batchnorm(student, statistics, frames, None, protected, finetune.batch_size):
-        raise ConfigError("the elastic schedule on imported models needs a BatchNorm-folded export (this module has "
-                          "BatchNorm of its own): use oneshot or iterative")
+    insert_batchnorm(student, statistics, frames, None, protected, finetune.batch_size)
     probe = copy.deepcopy(student)
     selector, probe_selector = (SoftSelector(GraphPruner(model, example_input, make_importance(settings.method), spec,
                                                          keep_layers).pruner, model) for model in (student, probe))

@@ -29,7 +29,7 @@ from prune_perception.errors import ConfigError
 from prune_perception.external.agreement import Agreement, AgreementScorer
 from prune_perception.external.batchnorm_reinsertion import conv_statistics, fold_batchnorm, insert_batchnorm
 from prune_perception.external.distill_finetune import FinetuneResult, check_min_crop, distill_finetune
-from prune_perception.external.elastic_distill import check_elastic, elastic_distill
+from prune_perception.external.elastic_distill import check_elastic, check_elastic_model, elastic_distill
 from prune_perception.external.frames import UnlabeledFrames, load_frames
 from prune_perception.external.graph_pruning import GraphPruner, PrunePlan
 from prune_perception.external.label_free_loss import DistillationLoss, UserLoss, parse_terms
@@ -128,6 +128,8 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
     ``scored=False`` (a structure for timing only, without fine-tuning) skips the agreement scoring.
     """
     schedule = check_supported(settings, finetune, distill)
+    if schedule == "elastic":
+        check_elastic_model(model)
     if settings.latency_ms is not None or settings.budget is not None:
         raise ConfigError("prune_module prunes at prune.ratio: a latency target or an accuracy budget is searched by "
                           "prune(ExternalPruneConfig) (prune --latency-ms / --budget)")
