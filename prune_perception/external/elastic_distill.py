@@ -89,12 +89,13 @@ def elastic_distill(teacher: nn.Module, example_input: torch.Tensor, loss_of: Lo
     """
     check_elastic_model(teacher)
     student = copy.deepcopy(teacher).requires_grad_(True)
-    protected = GraphPruner(copy.deepcopy(teacher), example_input, make_importance(settings.method), spec,
-                            keep_layers).plan.protected
+    protected = plan_pruning(dependency_graph(student, example_input), student, keep_layers)[0].protected
     insert_batchnorm(student, statistics, frames, None, protected, finetune.batch_size)
     probe = copy.deepcopy(student)
-    selector, probe_selector = (SoftSelector(GraphPruner(model, example_input, make_importance(settings.method), spec,
-                                                         keep_layers).pruner, model) for model in (student, probe))
+    selector, probe_selector = (
+        SoftSelector(GraphPruner(model, example_input, make_importance(settings.method), spec, keep_layers,
+                                 check=model is student).pruner, model)   # the probe is a copy of the checked student
+        for model in (student, probe))
     mask = StraightThroughMask(student, {f"{name}.0": (module[0], module[1]) for name, module in student.named_modules()
                                          if isinstance(module, ConvWithBatchNorm)})
     records: list[ImportedElasticEpoch] = []

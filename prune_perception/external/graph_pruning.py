@@ -104,17 +104,22 @@ def plan_pruning(graph: tp.DependencyGraph, model: nn.Module,
 
 
 class GraphPruner:
-    """torch-pruning's MetaPruner on a generic model with the protections above; call step() ``iterative_steps`` times."""
+    """torch-pruning's MetaPruner on a generic model with the protections above; call step() ``iterative_steps`` times.
+
+    ``check``: prune a copy first and run it (:meth:`_check_on_copy`); off only for a copy of a model already
+    checked with the same settings.
+    """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, importance: tp.importance.Importance,
-                 spec: PruneSpec, keep_layers: Sequence[str] = ()):
+                 spec: PruneSpec, keep_layers: Sequence[str] = (), check: bool = True):
         spec.validate()
         if isinstance(importance, tp.importance.BNScaleImportance) and not has_batchnorm(model):
             raise ConfigError("importance bn_scale needs BatchNorm layers, and this model has none (ONNX exports fold "
                               "them into the convs): use l1, l2, taylor or random")
         self.model, self.spec, self.example_input = model, spec, example_input
         self.output_shapes = [tuple(t.shape) for t in _outputs_of(model, example_input)]
-        self._check_on_copy(importance, keep_layers)
+        if check:
+            self._check_on_copy(importance, keep_layers)
         self.pruner = self._meta_pruner(model, importance, keep_layers)
         self.steps_done = 0
         self.kept_out_channels: dict[str, list[int]] = {}
