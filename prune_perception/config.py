@@ -257,13 +257,13 @@ def from_dict(cls: type[T], data: Any, where: str = "config", base: T | None = N
     values = {}
     for key, value in data.items():
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
-            values[key] = from_dict(hints[key], value, f"{where}.{key}", base_value(base, fields[key]))
+            values[key] = from_dict(hints[key], value, f"{where}.{key}", _base_value(base, fields[key]))
         else:
             values[key] = _check_value(value, hints[key], f"{where}.{key}")
     return cls(**values) if base is None else dataclasses.replace(base, **values)
 
 
-def base_value(base: Any, field_: dataclasses.Field) -> Any:
+def _base_value(base: Any, field_: dataclasses.Field) -> Any:
     """`field_`'s value in `base`, or its declared default (None when it has none)."""
     if base is not None:
         return getattr(base, field_.name)

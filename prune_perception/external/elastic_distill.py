@@ -85,9 +85,8 @@ def elastic_distill(teacher: nn.Module, example_input: torch.Tensor, loss_of: Lo
 
     ``loss_of(student, protected layers)`` builds the distillation loss; ``statistics``: the dense model's
     :func:`~.batchnorm_reinsertion.conv_statistics` on ``frames``. The student comes back with its BatchNorm
-    still in (the caller folds it).
+    still in (the caller folds it). ``teacher`` is BatchNorm-folded (the caller checks: :func:`check_elastic_model`).
     """
-    check_elastic_model(teacher)
     student = copy.deepcopy(teacher).requires_grad_(True)
     protected = plan_pruning(dependency_graph(student, example_input), student, keep_layers)[0].protected
     insert_batchnorm(student, statistics, frames, None, protected, finetune.batch_size)
