@@ -180,6 +180,7 @@ class LabelFreeDistillSettings:
 
     loss: str = "auto"                 # auto, or '+'-joined terms: output, pseudo, feature, raw
     pseudo_threshold: float = 0.35     # teacher class probability that makes a cell a pseudo-label positive
+    temperature: float = 1.0           # output term: probabilities softened as sigmoid(logit(p) / T), KL x T^2
     taylor_input_noise: float = 0.05   # taylor importance: the student sees frames + this much noise (x input range)
     batchnorm: bool = True             # BatchNorm after the pruned convs, calibrated to the dense model (folded back)
     min_crop: float = 1.0              # zoom-in crops of >= this fraction of each side while fine-tuning (1: flips only)

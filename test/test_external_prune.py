@@ -33,7 +33,7 @@ from prune_perception.external.frames import load_frames
 from prune_perception.external.graph_pruning import GraphPruner
 from prune_perception.external.layout import RAW_FORMAT, DetectorLayout
 from prune_perception.external.onnx_import import import_onnx, read_signature
-from prune_perception.external.label_free_loss import parse_terms
+from prune_perception.external.label_free_loss import DistillationLoss, output_distillation, parse_terms
 from prune_perception.external.onnx_writer import EXTERNAL_PRUNING_KEY
 from prune_perception.external.pipeline import prune_external, prune_module, start_imported
 from prune_perception.external.latency_search import smallest_meeting_ratio
@@ -579,6 +579,29 @@ def test_the_latency_search_bisects_to_the_smallest_ratio_that_meets_the_target(
     chosen = smallest_meeting_ratio(meets, 0.7, 0.05)
     assert 0.37 <= chosen <= 0.37 + 0.05 and len(asked) == 4
     assert smallest_meeting_ratio(lambda ratio: True, 0.7, 0.05) <= 0.05
+
+
+def test_a_temperature_weighs_the_teachers_unsure_cells_more_and_zero_is_refused(models, frames_dir):
+    """Two cells with the same box: one the teacher is sure of (0.9), one it is unsure of (0.2), both under-scored
+    by the student. Softened at T > 1, the unsure cell's share of the class term grows; a matching student
+    still costs nothing."""
+    boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0]] * 2])
+    teacher, student = torch.tensor([[[0.9], [0.2]]]), torch.tensor([[[0.8], [0.02]]])
+
+    def unsure_share(temperature):
+        unsure_only = torch.tensor([[[0.9], [0.02]]])
+        return (output_distillation((boxes, unsure_only), (boxes, teacher), temperature)
+                / output_distillation((boxes, student), (boxes, teacher), temperature))
+
+    assert unsure_share(1.0) < unsure_share(2.0) < unsure_share(4.0)
+    assert output_distillation((boxes, teacher), (boxes, teacher), 2.0) == 0
+    with pytest.raises(ConfigError, match="distill.temperature must be > 0"):
+        start_imported(dataclasses.replace(_config(models["yolox"], frames_dir, frames_dir.parent / "t0"),
+                                           distill=LabelFreeDistillSettings(temperature=0.0)), progress=False)
+    detector = build_detector("yolox")
+    layout = start_imported(_config(models["yolox"], frames_dir, frames_dir.parent / "t1"), progress=False).layout
+    with pytest.raises(ConfigError, match="distill.temperature must be > 0"):
+        DistillationLoss(detector, copy.deepcopy(detector), layout, ("output",), temperature=-1.0)
 
 
 def test_auto_loss_is_output_and_pseudo_labels_when_decodable_and_raw_otherwise():

@@ -7,6 +7,8 @@ Terms (``terms`` of :class:`DistillationLoss`, combined with ``+``, e.g. ``outpu
   probabilities, weighted by ``w_k = max(teacher confidence, student confidence)`` (the teacher's
   confident cells teach the objects; the student's own confident cells teach it to drop false
   positives; the many background cells where both are unsure weigh little), normalised by Σ w_k;
+  with ``temperature`` T > 1 both probabilities are softened first, ``sigmoid(logit(p) / T)``, and the KL
+  is scaled by T² (the teacher's low scores, the objects it is unsure of, then weigh more);
   plus ``1 - GIoU`` between student and teacher boxes on cells where the teacher's confidence is
   at least ``BOX_MIN_TEACHER_SCORE``, weighted by that confidence.
 - ``pseudo`` (known layouts): the teacher's detections as hard pseudo-labels, per cell: class
@@ -77,13 +79,27 @@ def _box_term(student_boxes, teacher_boxes, mask: torch.Tensor, weights: torch.T
     return ((1 - giou(student_boxes[mask], teacher_boxes[mask])) * weights).sum() / weights.sum()
 
 
-def output_distillation(student: tuple[torch.Tensor, torch.Tensor],
-                        teacher: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Confidence-weighted class KL + GIoU to the teacher's confident boxes (module doc, ``output``)."""
+def check_temperature(temperature: float) -> None:
+    """ConfigError unless the output term's temperature is > 0."""
+    if not temperature > 0:
+        raise ConfigError(f"distill.temperature must be > 0 (1: probabilities as they are), got {temperature}")
+
+
+def _softened(probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
+    if temperature == 1:
+        return probabilities
+    return torch.sigmoid(torch.logit(probabilities.clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS)) / temperature)
+
+
+def output_distillation(student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch.Tensor, torch.Tensor],
+                        temperature: float = 1.0) -> torch.Tensor:
+    """Confidence-weighted class KL (at ``temperature``) + GIoU to the teacher's confident boxes (module doc,
+    ``output``)."""
     (student_boxes, student_scores), (teacher_boxes, teacher_scores) = student, teacher
     teacher_confidence = teacher_scores.amax(-1)
     weights = torch.maximum(teacher_confidence, student_scores.detach().amax(-1))
-    cls_term = (_binary_kl(student_scores, teacher_scores).sum(-1) * weights).sum() / (weights.sum() + EPS)
+    divergence = _binary_kl(_softened(student_scores, temperature), _softened(teacher_scores, temperature))
+    cls_term = (divergence.sum(-1) * weights).sum() / (weights.sum() + EPS) * temperature ** 2
     box_term = _box_term(student_boxes, teacher_boxes, teacher_confidence >= BOX_MIN_TEACHER_SCORE,
                          teacher_confidence)
     return cls_term + LossWeights().box * box_term
@@ -130,12 +146,14 @@ class DistillationLoss:
 
     def __init__(self, teacher: nn.Module, student: nn.Module, layout: DetectorLayout, terms: Sequence[str],
                  feature_layers: Sequence[str] = (), pseudo_threshold: float = 0.35,
-                 example_input: torch.Tensor | None = None, user_loss: UserLoss | None = None):
+                 example_input: torch.Tensor | None = None, user_loss: UserLoss | None = None,
+                 temperature: float = 1.0):
         self.teacher, self.student, self.terms = teacher.eval(), student, tuple(terms)
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
         self.decoder = OutputDecoder(layout) if set(self.terms) & set(DECODED_TERMS) else None
-        self.pseudo_threshold, self.user_loss = pseudo_threshold, user_loss
+        check_temperature(temperature)
+        self.pseudo_threshold, self.user_loss, self.temperature = pseudo_threshold, user_loss, temperature
         self.feature_layers: list[str] = []
         self.adapters = nn.ModuleDict()
         if "feature" in self.terms:
@@ -172,7 +190,7 @@ class DistillationLoss:
         if self.decoder is not None:
             student_decoded, teacher_decoded = self.decoder(student_outputs), self.decoder(teacher_outputs)
             if "output" in self.terms:
-                loss = loss + output_distillation(student_decoded, teacher_decoded)
+                loss = loss + output_distillation(student_decoded, teacher_decoded, self.temperature)
             if "pseudo" in self.terms:
                 loss = loss + pseudo_label_loss(student_decoded, teacher_decoded, self.pseudo_threshold)
         if "raw" in self.terms:

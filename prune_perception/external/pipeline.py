@@ -32,7 +32,7 @@ from prune_perception.external.distill_finetune import FinetuneResult, check_min
 from prune_perception.external.elastic_distill import check_elastic, check_elastic_model, elastic_distill
 from prune_perception.external.frames import UnlabeledFrames, load_frames
 from prune_perception.external.graph_pruning import GraphPruner, PrunePlan
-from prune_perception.external.label_free_loss import DistillationLoss, UserLoss, parse_terms
+from prune_perception.external.label_free_loss import DistillationLoss, UserLoss, check_temperature, parse_terms
 from prune_perception.external.layout import DetectorLayout, resolve_layout
 from prune_perception.external.onnx_import import ImportedOnnx, import_onnx
 from prune_perception.external.onnx_writer import export_pruned
@@ -149,7 +149,7 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
 
     def loss_of(student: torch.nn.Module, protected: Sequence[str]) -> DistillationLoss:
         return DistillationLoss(teacher, student, layout, terms, protected, distill.pseudo_threshold, example_input,
-                                user_loss)
+                                user_loss, distill.temperature)
 
     if schedule == "elastic":
         started = time.monotonic()
@@ -166,7 +166,8 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
         started = time.monotonic()
         if settings.method == "taylor":
             gradient_loss = DistillationLoss(teacher, student, layout, [t for t in terms if t != "feature"] or ["raw"],
-                                             pseudo_threshold=distill.pseudo_threshold)
+                                             pseudo_threshold=distill.pseudo_threshold,
+                                             temperature=distill.temperature)
             _taylor_gradients(gradient_loss, frames.train, settings, distill, finetune.batch_size)
         pruner.step()
         student.zero_grad(set_to_none=True)
@@ -248,6 +249,7 @@ def start_imported(config: ExternalPruneConfig, progress: bool = True) -> Import
         raise ConfigError("external.sensitivity chooses the ratio of every group: drop prune.layer_ratios")
     parse_terms(config.distill.loss, True)
     check_min_crop(config.distill.min_crop)
+    check_temperature(config.distill.temperature)
     Path(config.output).mkdir(parents=True, exist_ok=True)
     ext = config.external
     if not ext.model:
