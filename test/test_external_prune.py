@@ -599,9 +599,12 @@ def test_a_temperature_weighs_the_teachers_unsure_cells_more_and_zero_is_refused
         start_imported(dataclasses.replace(_config(models["yolox"], frames_dir, frames_dir.parent / "t0"),
                                            distill=LabelFreeDistillSettings(temperature=0.0)), progress=False)
     detector = build_detector("yolox")
-    layout = start_imported(_config(models["yolox"], frames_dir, frames_dir.parent / "t1"), progress=False).layout
+    run = start_imported(_config(models["yolox"], frames_dir, frames_dir.parent / "t1"), progress=False)
     with pytest.raises(ConfigError, match="distill.temperature must be > 0"):
-        DistillationLoss(detector, copy.deepcopy(detector), layout, ("output",), temperature=-1.0)
+        DistillationLoss(detector, copy.deepcopy(detector), run.layout, ("output",), temperature=-1.0)
+    with pytest.raises(ConfigError, match="distill.temperature must be > 0"):   # the Python API refuses it too
+        prune_module(run.imported.module, run.imported.example_input(), run.layout, run.frames, run.config.prune,
+                     TINY_TUNE, LabelFreeDistillSettings(temperature=0.0), progress=False)
 
 
 def test_auto_loss_is_output_and_pseudo_labels_when_decodable_and_raw_otherwise():

@@ -134,6 +134,7 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
         raise ConfigError("prune_module prunes at prune.ratio: a latency target or an accuracy budget is searched by "
                           "prune(ExternalPruneConfig) (prune --latency-ms / --budget)")
     check_min_crop(distill.min_crop)
+    check_temperature(distill.temperature)
     terms = parse_terms(distill.loss, layout.decodable)
     teacher = model.eval()
     input_hw = tuple(example_input.shape[-2:])
