@@ -41,6 +41,7 @@ def test_overriding_one_key_of_a_section_keeps_the_sections_own_defaults(tmp_pat
     external = load_config(ExternalPruneConfig, None, ["prune.ratio=0.25", "finetune.epochs=3"])
     assert external.prune.round_to == ExternalPruneConfig().prune.round_to == 8 and external.prune.ratio == 0.25
     assert external.finetune.lr == ExternalPruneConfig().finetune.lr == 0.001 and external.finetune.epochs == 3
+    assert not external.finetune.ema and PruneConfig().finetune.ema   # label-free: no weight average by default
     path = tmp_path / "prune.yaml"
     path.write_text("finetune:\n  epochs: 2\n")
     ours = load_config(PruneConfig, path)

@@ -28,7 +28,7 @@ from prune_perception.errors import ConfigError, DatasetError, ModelLoadError
 from prune_perception.external.agreement import AgreementScorer
 from prune_perception.external.batchnorm_reinsertion import (conv_statistics, fold_batchnorm, has_batchnorm,
                                                               insert_batchnorm, output_statistics)
-from prune_perception.external.distill_finetune import augment
+from prune_perception.external.distill_finetune import augment, distill_finetune
 from prune_perception.external.frames import load_frames
 from prune_perception.external.graph_pruning import GraphPruner
 from prune_perception.external.layout import RAW_FORMAT, DetectorLayout
@@ -44,6 +44,7 @@ from prune_perception.pruning.importance import make_importance
 from prune_perception.pruning.structured import PruneSpec
 from prune_perception.runtime.engine import DetectorEngine
 from prune_perception.runtime.preprocess import Normalization, PreprocessSpec
+from prune_perception.training.schedule import lr_factor
 
 pytestmark = pytest.mark.slow
 TINY_TUNE = OptimConfig(epochs=1, batch_size=8, lr=0.001, patience=5)
@@ -158,6 +159,64 @@ def test_distillation_loss_falls_and_agreement_rises(models, frames_dir):
     assert result.steps[0].mAP50 > 0.95   # the dense model agrees with itself
     assert pruned.mAP50 > pruned.mAP50_pruned
     assert pruned.raw_error < pruned.raw_error_pruned
+
+
+class RecordingScorer(AgreementScorer):
+    """The real scorer, remembering which network it scored and that network's weights at the time."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.scored: list[tuple[torch.nn.Module, dict]] = []
+
+    def score(self, student):
+        self.scored.append((student, copy.deepcopy(student.state_dict())))
+        return super().score(student)
+
+
+def test_finetune_reads_warm_up_ema_and_optimizer_as_training_does(models, frames_dir):
+    """The label-free loop honours the finetune section: the warm-up + cosine schedule it shares with training,
+    the optimizer, and with ema the scored (and kept) weights are the student's running average, not its last step."""
+    optim = OptimConfig(epochs=4, lr=0.01, warmup_epochs=1, min_lr_ratio=0.05)
+    assert lr_factor(optim, 0, 10) == pytest.approx(0.1) and lr_factor(optim, 5, 10) == pytest.approx(0.55)
+    assert lr_factor(optim, 10, 10) == pytest.approx(1.0) and lr_factor(optim, 40, 10) == pytest.approx(0.05)
+    assert lr_factor(dataclasses.replace(optim, lr_schedule="plateau"), 10, 10) is None
+    run = start_imported(_config(models["yolox"], frames_dir, frames_dir.parent / "ema"), progress=False)
+    teacher = run.imported.module
+
+    def tune(**changes):
+        student = copy.deepcopy(teacher).requires_grad_(True)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in student.parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1 * parameter.std())
+        scorer = RecordingScorer(teacher, run.frames.holdout, run.layout)
+        raw_at_epoch_start = []
+        result = distill_finetune(DistillationLoss(teacher, student, run.layout, ("raw",)), run.frames.train, scorer,
+                                  OptimConfig(**{"epochs": 2, "batch_size": 8, "lr": 0.003, "patience": 5,
+                                                 "warmup_epochs": 0.0, **changes}),
+                                  progress=False,
+                                  before_epoch=lambda _: raw_at_epoch_start.append(copy.deepcopy(student.state_dict())))
+        return student, result, scorer.scored, raw_at_epoch_start
+
+    def same(a, b):
+        return all(torch.equal(a[name], b[name]) for name in a)
+
+    student, _, scored, raw = tune(ema=False)
+    assert all(network is student for network, _ in scored)
+    assert same(scored[1][1], raw[1])   # epoch 1 was scored on the raw weights that epoch 2 starts from
+    plain_epoch_1 = raw[1]
+    averaged, averaged_result, scored, raw = tune(ema=True)
+    assert all(network is not averaged for network, _ in scored)
+    assert not same(scored[1][1], raw[1])   # the average lags the raw weights
+    best = max(range(len(scored)), key=lambda i: averaged_result.epochs[i]["agreement_mAP50"]
+               if averaged_result.epochs[i]["agreement_mAP50"] is not None else -averaged_result.epochs[i]["raw_error"])
+    assert same(averaged.state_dict(), scored[best][1])   # the best average is what comes back
+    # the weights after epoch 1 (what epoch 2 starts from), same seed: warm-up and SGD each take other steps
+    assert not same(tune(ema=False, warmup_epochs=1)[3][1], plain_epoch_1)
+    assert not same(tune(ema=False, optimizer="sgd")[3][1], plain_epoch_1)
+    with pytest.raises(ConfigError, match="finetune.optimizer must be one of"):
+        prune_module(teacher, run.imported.example_input(), run.layout, run.frames, run.config.prune,
+                     OptimConfig(optimizer="adam"), progress=False)
 
 
 def test_channel_shuffle_and_split_are_skipped_not_a_traceback(tmp_path, frames_dir):

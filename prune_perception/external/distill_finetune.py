@@ -1,10 +1,13 @@
 """Label-free fine-tuning of a pruned student by distillation from its dense teacher on unlabeled frames.
 
-AdamW (on a student without any BatchNorm, e.g. with ``distill.batchnorm`` off, per-tensor learning
-rates relative to each tensor's scale: :func:`relative_lr_groups`) and a cosine LR (down to
-``lr * min_lr_ratio``), random horizontal flips and zoom-in crops (the teacher sees the same augmented
-frame, so its outputs stay the target), agreement on the held-out frames after every ``eval_interval``
-epochs, early stop after ``patience`` evaluations without gain, and the best weights restored at the end. ``time_limit_min`` stops between epochs.
+The ``finetune`` section as training reads it (:mod:`prune_perception.training.schedule`): AdamW or SGD (on
+a student without any BatchNorm, e.g. with ``distill.batchnorm`` off, per-tensor learning rates relative to
+each tensor's scale: :func:`relative_lr_groups`), warm-up then cosine (or plateau) LR, and with ``ema`` an
+exponential moving average of the student's weights that is scored and kept instead of the raw weights.
+Random horizontal flips and zoom-in crops (the teacher sees the same augmented frame, so its outputs stay
+the target), agreement on the held-out frames after every ``eval_interval`` epochs, early stop after
+``patience`` evaluations without gain, and the best weights restored at the end. ``time_limit_min`` stops
+between epochs.
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ from prune_perception.errors import ConfigError
 from prune_perception.external.agreement import Agreement, AgreementScorer
 from prune_perception.external.batchnorm_reinsertion import has_batchnorm
 from prune_perception.external.label_free_loss import DistillationLoss
+from prune_perception.training.ema import ModelEMA
+from prune_perception.training.schedule import check_optim_choices, lr_factor, make_optimizer, plateau_scheduler
 
 MIN_RMS = 1e-4
 """Floor of a tensor's RMS in :func:`relative_lr_groups` (a zero-initialised bias still moves)."""
+EMA_MAX_DECAY, EMA_RAMP = 0.998, 200.0
+"""The student's weight average: decay = 0.998 x (1 - exp(-steps / 200)), as in training."""
 
 @dataclass
 class FinetuneResult:
@@ -85,21 +92,26 @@ def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: Agree
                      scored_model: Callable[[], nn.Module] | None = None) -> FinetuneResult:
     """Fine-tune ``loss.student`` in place on ``frames`` (float16/32 ``[N,3,H,W]``, augmented: :func:`augment`);
     returns the history. ``before_epoch(epoch)`` runs at the start of each epoch; ``scored_model()`` is what
-    is scored, and whose weights are kept as the best (default: the student; the elastic schedule scores its
-    what-if network, of the student's structure)."""
-    if optim.epochs < 1 or optim.batch_size < 1 or optim.lr <= 0:
-        raise ConfigError(f"fine-tuning needs epochs >= 1, batch_size >= 1 and lr > 0, got {optim.epochs}, "
-                          f"{optim.batch_size}, {optim.lr}")
+    is scored, and whose weights are kept as the best (default: the student, or its weight average with
+    ``optim.ema``; the elastic schedule scores its what-if network, of the student's structure, and turns
+    ``ema`` off)."""
+    if optim.epochs < 1 or optim.batch_size < 1 or optim.lr <= 0 or optim.eval_interval < 1:
+        raise ConfigError(f"fine-tuning needs epochs >= 1, batch_size >= 1, lr > 0 and eval_interval >= 1, got "
+                          f"{optim.epochs}, {optim.batch_size}, {optim.lr}, {optim.eval_interval}")
+    check_optim_choices(optim, "finetune")
     check_min_crop(min_crop)
+    if optim.ema and scored_model is not None:
+        raise ValueError("finetune.ema averages the student, scored_model scores another network: pass ema off")
     student = loss.student
     generator = torch.Generator().manual_seed(optim.seed)
     parameters = [p for p in loss.student_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters if has_batchnorm(student) else relative_lr_groups(parameters, optim.lr),
-                                  lr=optim.lr, weight_decay=optim.weight_decay)
+    groups = ([{"params": parameters}] if has_batchnorm(student) else relative_lr_groups(parameters, optim.lr))
+    optimizer = make_optimizer([{"weight_decay": optim.weight_decay, **group} for group in groups], optim)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    plateau = plateau_scheduler(optimizer, optim)
     batches_per_epoch = math.ceil(len(frames) / optim.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=optim.epochs * batches_per_epoch,
-                                                           eta_min=optim.lr * optim.min_lr_ratio)
-    scored_model = scored_model or (lambda: student)
+    ema = ModelEMA(student, EMA_MAX_DECAY, EMA_RAMP) if optim.ema else None
+    scored_model = scored_model or (lambda: ema.model if ema else student)
     scored = scored_model()
     best = scorer.score(scored)
     result = FinetuneResult(best, [dict(epoch=0, loss=None, **best.as_dict())])
@@ -113,13 +125,18 @@ def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: Agree
         bar = tqdm(range(batches_per_epoch), desc=f"distill {epoch}/{optim.epochs}", unit="batch",
                    disable=not progress, leave=False)
         for index in bar:
+            factor = lr_factor(optim, (epoch - 1) * batches_per_epoch + index, batches_per_epoch)
+            if factor is not None:
+                for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base_lr * factor
             images = augment(frames[order[index * optim.batch_size:(index + 1) * optim.batch_size]].float(),
                              generator, min_crop)
             value, _ = loss(images)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
-            scheduler.step()
+            if ema:
+                ema.update(student)
             total += value.item()
             bar.set_postfix(loss=f"{total / (index + 1):.4f}")
         record = {"epoch": epoch, "loss": total / batches_per_epoch}
@@ -127,6 +144,8 @@ def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: Agree
             scored = scored_model()
             agreement = scorer.score(scored)
             record.update(agreement.as_dict())
+            if plateau:
+                plateau.step(agreement.score())
             if agreement.score() > best.score():
                 best, best_state, waited = agreement, copy.deepcopy(scored.state_dict()), 0
             else:

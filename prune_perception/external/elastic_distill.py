@@ -117,8 +117,10 @@ def elastic_distill(teacher: nn.Module, example_input: torch.Tensor, loss_of: Lo
 
     first = scorer.score(what_if())
     try:
+        # no weight average here: the selection zeroes the student's weights anew every epoch
         tuned = distill_finetune(loss_of(student, protected), frames, scorer,
-                                 dataclasses.replace(finetune, epochs=finetune.epochs - settings.elastic_hard_epochs),
+                                 dataclasses.replace(finetune, epochs=finetune.epochs - settings.elastic_hard_epochs,
+                                                     ema=False),
                                  progress, min_crop, before_epoch, what_if)
     finally:
         mask.remove()

@@ -42,6 +42,7 @@ from prune_perception.models.cost import model_cost
 from prune_perception.pruning.importance import accumulate_gradients, make_importance
 from prune_perception.pruning.schedules import prune_spec, resolve_schedule
 from prune_perception.runtime.model_metadata import ModelOverrides
+from prune_perception.training.schedule import check_optim_choices
 
 
 TeacherStatistics = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
@@ -89,6 +90,7 @@ def check_supported(settings: PruneSettings, finetune: OptimConfig, distill: Lab
     do."""
     if settings.granularity != "channel":
         raise ConfigError(f"imported models are pruned structurally (granularity channel), got {settings.granularity!r}")
+    check_optim_choices(finetune, "finetune")
     schedule = resolve_schedule(settings)
     if schedule == "elastic":
         check_elastic(settings, finetune, distill)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -43,9 +42,7 @@ from prune_perception.training.ema import ModelEMA
 from prune_perception.training.loss import DetectionLoss
 from prune_perception.evaluation.plots import pyplot, save_figure
 from prune_perception.training.regularization import SparsityRegularizer
-
-OPTIMIZERS = ("adamw", "sgd")
-LR_SCHEDULES = ("cosine", "plateau")
+from prune_perception.training.schedule import check_optim_choices, lr_factor, make_optimizer, plateau_scheduler
 
 
 @dataclass
@@ -74,9 +71,8 @@ class TrainResult:
 def validate_train_config(config: TrainConfig) -> None:
     """Range checks that the YAML types alone do not express."""
     optim = config.optim
+    check_optim_choices(optim, "optim")
     checks = [
-        (optim.optimizer in OPTIMIZERS, f"optim.optimizer must be one of {OPTIMIZERS}, got {optim.optimizer!r}"),
-        (optim.lr_schedule in LR_SCHEDULES, f"optim.lr_schedule must be one of {LR_SCHEDULES}, got {optim.lr_schedule!r}"),
         (optim.epochs >= 1, f"optim.epochs must be >= 1, got {optim.epochs}"),
         (optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {optim.batch_size}"),
         (optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}"),
@@ -184,8 +180,7 @@ class Trainer:
             self.forward = self.step_module
         self.optimizer = self._make_optimizer()
         self.ema = ModelEMA(self.model, max_decay=0.998, ramp=200.0) if config.optim.ema else None
-        self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=0.5, patience=2)
-                        if config.optim.lr_schedule == "plateau" else None)
+        self.plateau = plateau_scheduler(self.optimizer, config.optim)
         self.history: list[EpochRecord] = []
         self.start_epoch = 0
         self.best_map50 = -1.0
@@ -220,10 +215,7 @@ class Trainer:
         no_decay = [p for p in self._trainable_parameters() if p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": self.config.optim.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        o = self.config.optim
-        if o.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
-        return torch.optim.AdamW(groups, lr=o.lr)
+        return make_optimizer(groups, self.config.optim)
 
     @property
     def eval_model(self) -> Detector:
@@ -231,14 +223,8 @@ class Trainer:
 
     def lr_at(self, step: float, steps_per_epoch: int) -> float:
         """Warm-up then cosine; with the plateau schedule only the warm-up is applied here."""
-        o = self.config.optim
-        warmup = o.warmup_epochs * steps_per_epoch
-        if step < warmup:
-            return o.lr * (0.1 + 0.9 * step / warmup)
-        if o.lr_schedule == "plateau":
-            return self.optimizer.param_groups[0]["lr"]
-        progress = (step - warmup) / max(1.0, o.epochs * steps_per_epoch - warmup)
-        return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+        factor = lr_factor(self.config.optim, step, steps_per_epoch)
+        return self.optimizer.param_groups[0]["lr"] if factor is None else self.config.optim.lr * factor
 
     # -- checkpoints -------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
