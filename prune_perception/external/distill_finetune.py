@@ -33,8 +33,6 @@ from prune_perception.training.schedule import check_optim_choices, lr_factor, m
 
 MIN_RMS = 1e-4
 """Floor of a tensor's RMS in :func:`relative_lr_groups` (a zero-initialised bias still moves)."""
-EMA_MAX_DECAY, EMA_RAMP = 0.998, 200.0
-"""The student's weight average: decay = 0.998 x (1 - exp(-steps / 200)), as in training."""
 
 @dataclass
 class FinetuneResult:
@@ -110,7 +108,7 @@ def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: Agree
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     plateau = plateau_scheduler(optimizer, optim)
     batches_per_epoch = math.ceil(len(frames) / optim.batch_size)
-    ema = ModelEMA(student, EMA_MAX_DECAY, EMA_RAMP) if optim.ema else None
+    ema = ModelEMA(student) if optim.ema else None   # the decay and ramp training uses
     scored_model = scored_model or (lambda: ema.model if ema else student)
     scored = scored_model()
     best = scorer.score(scored)

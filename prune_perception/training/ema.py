@@ -12,7 +12,7 @@ from torch import nn
 class ModelEMA:
     """EMA with a warm-up ramp: decay = max_decay * (1 - exp(-updates / ramp))."""
 
-    def __init__(self, model: nn.Module, max_decay: float = 0.9998, ramp: float = 2000.0):
+    def __init__(self, model: nn.Module, max_decay: float = 0.998, ramp: float = 200.0):
         self.model = copy.deepcopy(model).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)

@@ -179,7 +179,7 @@ class Trainer:
         else:
             self.forward = self.step_module
         self.optimizer = self._make_optimizer()
-        self.ema = ModelEMA(self.model, max_decay=0.998, ramp=200.0) if config.optim.ema else None
+        self.ema = ModelEMA(self.model) if config.optim.ema else None
         self.plateau = plateau_scheduler(self.optimizer, config.optim)
         self.history: list[EpochRecord] = []
         self.start_epoch = 0
