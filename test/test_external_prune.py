@@ -28,7 +28,8 @@ from prune_perception.errors import ConfigError, DatasetError, ModelLoadError
 from prune_perception.external.agreement import AgreementScorer
 from prune_perception.external.batchnorm_reinsertion import (conv_statistics, fold_batchnorm, has_batchnorm,
                                                               insert_batchnorm, output_statistics)
-from prune_perception.external.distill_finetune import augment, distill_finetune
+from prune_perception.external.distill_finetune import distill_finetune
+from prune_perception.external.frame_augment import FrameAugment
 from prune_perception.external.frames import load_frames
 from prune_perception.external.graph_pruning import GraphPruner
 from prune_perception.external.layout import RAW_FORMAT, DetectorLayout
@@ -309,15 +310,55 @@ def test_batchnorm_is_reinserted_calibrated_to_the_teacher_and_folded_back(model
 
 def test_augmentation_flips_and_zooms_in_and_refuses_a_bad_crop_fraction(models, frames_dir):
     images = torch.rand(32, 3, *INPUT_HW, generator=torch.Generator().manual_seed(0))
-    flipped = augment(images, torch.Generator().manual_seed(1))
+    flipped = FrameAugment()(images, torch.Generator().manual_seed(1))
     assert all(torch.equal(a, b) or torch.equal(a, b.flip(-1)) for a, b in zip(flipped, images))
-    zoomed = augment(images, torch.Generator().manual_seed(1), min_crop=0.6)
+    zoomed = FrameAugment(min_crop=0.6)(images, torch.Generator().manual_seed(1))
     assert zoomed.shape == images.shape
     changed = [not (torch.equal(a, b) or torch.equal(a, b.flip(-1))) for a, b in zip(zoomed, images)]
     assert 4 <= sum(changed) <= 28   # about half the frames are zoomed in
     config = _config(models["yolox"], frames_dir, "unused")
     config.distill.min_crop = 0.0
     with pytest.raises(ConfigError, match="min_crop must be in"):
+        prune_external(config, progress=False)
+
+
+def _tile_split(coordinates: torch.Tensor, low: float = 0.25, high: float = 0.75) -> int | None:
+    """Where a run of source coordinates wraps (a tile border: h-c..h-1 then 0..h-c-1), or None."""
+    size = len(coordinates)
+    for centre in range(int(size * low), int(size * high) + 1):
+        expected = torch.cat([torch.arange(size - centre, size), torch.arange(0, size - centre)]).float()
+        if torch.equal(coordinates, expected):
+            return centre
+    return None
+
+
+def test_mosaic_tiles_four_frames_around_a_centre_and_refuses_a_bad_share(models, frames_dir):
+    """Each pixel of the frames encodes (frame, row, column), so every mosaic tile can be traced to its source."""
+    count, (height, width) = 32, INPUT_HW
+    rows, columns = torch.meshgrid(torch.arange(height).float(), torch.arange(width).float(), indexing="ij")
+    frames = torch.stack([torch.stack([torch.full((height, width), float(index)), rows, columns])
+                          for index in range(count)])
+    views = FrameAugment(mosaic=1.0)(frames, torch.Generator().manual_seed(2))
+    sources_per_view = []
+    for view in views:
+        if view[2, 0, 0] < view[2, 0, -1] and _tile_split(view[2, 0].flip(0)) is not None:
+            view = view.flip(-1)   # the flip after the mosaic: undo it
+        centre_y, centre_x = _tile_split(view[1, :, 0]), _tile_split(view[2, 0])
+        assert centre_y is not None and centre_x is not None, "a view is not four tiles around a centre"
+        tiles = [view[:, :centre_y, :centre_x], view[:, :centre_y, centre_x:], view[:, centre_y:, :centre_x],
+                 view[:, centre_y:, centre_x:]]
+        for tile in tiles:   # one frame per tile, its pixels contiguous in that frame
+            assert torch.all(tile[0] == tile[0, 0, 0])
+            assert torch.all(tile[1] - tile[1, 0, 0] == rows[:tile.shape[1], :tile.shape[2]])
+            assert torch.all(tile[2] - tile[2, 0, 0] == columns[:tile.shape[1], :tile.shape[2]])
+        sources_per_view.append(len({int(tile[0, 0, 0]) for tile in tiles}))
+    assert sum(sources > 1 for sources in sources_per_view) >= count - 2
+    some = FrameAugment(mosaic=0.5)(frames, torch.Generator().manual_seed(3))
+    tiled = sum(not torch.equal(view[1, :, 0], rows[:, 0]) for view in some)
+    assert 4 <= tiled <= 28   # about half the frames are mosaics
+    config = _config(models["yolox"], frames_dir, "unused")
+    config.distill.mosaic = 1.5
+    with pytest.raises(ConfigError, match="distill.mosaic must be in"):
         prune_external(config, progress=False)
 
 

@@ -4,10 +4,9 @@ The ``finetune`` section as training reads it (:mod:`prune_perception.training.s
 a student without any BatchNorm, e.g. with ``distill.batchnorm`` off, per-tensor learning rates relative to
 each tensor's scale: :func:`relative_lr_groups`), warm-up then cosine (or plateau) LR, and with ``ema`` an
 exponential moving average of the student's weights that is scored and kept instead of the raw weights.
-Random horizontal flips and zoom-in crops (the teacher sees the same augmented frame, so its outputs stay
-the target), agreement on the held-out frames after every ``eval_interval`` epochs, early stop after
-``patience`` evaluations without gain, and the best weights restored at the end. ``time_limit_min`` stops
-between epochs.
+Augmented views of the frames (:mod:`.frame_augment`: flips, zoom-in crops, mosaics), agreement on the
+held-out frames after every ``eval_interval`` epochs, early stop after ``patience`` evaluations without gain,
+and the best weights restored at the end. ``time_limit_min`` stops between epochs.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -27,6 +25,7 @@ from prune_perception.config import OptimConfig
 from prune_perception.errors import ConfigError
 from prune_perception.external.agreement import Agreement, AgreementScorer
 from prune_perception.external.batchnorm_reinsertion import has_batchnorm
+from prune_perception.external.frame_augment import FrameAugment
 from prune_perception.external.label_free_loss import DistillationLoss
 from prune_perception.training.ema import ModelEMA
 from prune_perception.training.schedule import check_optim_choices, lr_factor, make_optimizer, plateau_scheduler
@@ -60,35 +59,11 @@ def relative_lr_groups(parameters, lr: float) -> list[dict]:
     return groups
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, min_crop: float = 1.0) -> torch.Tensor:
-    """Half the images flipped; with ``min_crop < 1`` half of them zoomed in: a random crop of at least
-    ``min_crop`` of each side, resized back (the teacher sees the same frame, so its outputs stay the target)."""
-    flip = torch.rand(len(images), generator=generator) < 0.5
-    images = images.clone()
-    images[flip] = images[flip].flip(-1)
-    if min_crop >= 1.0:
-        return images
-    height, width = images.shape[-2:]
-    for index in torch.nonzero(torch.rand(len(images), generator=generator) < 0.5).flatten().tolist():
-        fraction = min_crop + (1 - min_crop) * float(torch.rand((), generator=generator))
-        crop_h, crop_w = max(1, round(height * fraction)), max(1, round(width * fraction))
-        top = int(torch.randint(height - crop_h + 1, (), generator=generator))
-        left = int(torch.randint(width - crop_w + 1, (), generator=generator))
-        crop = images[index:index + 1, :, top:top + crop_h, left:left + crop_w]
-        images[index] = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)[0]
-    return images
-
-
-def check_min_crop(min_crop: float) -> None:
-    """ConfigError unless 0 < min_crop <= 1."""
-    if not 0 < min_crop <= 1:
-        raise ConfigError(f"distill.min_crop must be in (0, 1] (1: no zoom-in crops), got {min_crop}")
-
-
 def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: AgreementScorer, optim: OptimConfig,
-                     progress: bool = True, min_crop: float = 1.0, before_epoch: Callable[[int], None] | None = None,
+                     progress: bool = True, views: FrameAugment = FrameAugment(),
+                     before_epoch: Callable[[int], None] | None = None,
                      scored_model: Callable[[], nn.Module] | None = None) -> FinetuneResult:
-    """Fine-tune ``loss.student`` in place on ``frames`` (float16/32 ``[N,3,H,W]``, augmented: :func:`augment`);
+    """Fine-tune ``loss.student`` in place on ``frames`` (float16/32 ``[N,3,H,W]``, augmented by ``views``);
     returns the history. ``before_epoch(epoch)`` runs at the start of each epoch; ``scored_model()`` is what
     is scored, and whose weights are kept as the best (default: the student, or its weight average with
     ``optim.ema``; the elastic schedule scores its what-if network, of the student's structure, and turns
@@ -97,7 +72,7 @@ def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: Agree
         raise ConfigError(f"fine-tuning needs epochs >= 1, batch_size >= 1, lr > 0 and eval_interval >= 1, got "
                           f"{optim.epochs}, {optim.batch_size}, {optim.lr}, {optim.eval_interval}")
     check_optim_choices(optim, "finetune")
-    check_min_crop(min_crop)
+    views.check()
     if optim.ema and scored_model is not None:
         raise ValueError("finetune.ema averages the student, scored_model scores another network: pass ema off")
     student = loss.student
@@ -127,8 +102,7 @@ def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: Agree
             if factor is not None:
                 for group, base_lr in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base_lr * factor
-            images = augment(frames[order[index * optim.batch_size:(index + 1) * optim.batch_size]].float(),
-                             generator, min_crop)
+            images = views(frames[order[index * optim.batch_size:(index + 1) * optim.batch_size]].float(), generator)
             value, _ = loss(images)
             optimizer.zero_grad(set_to_none=True)
             value.backward()

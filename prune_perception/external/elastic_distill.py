@@ -28,6 +28,7 @@ from prune_perception.errors import ConfigError
 from prune_perception.external.agreement import Agreement, AgreementScorer
 from prune_perception.external.batchnorm_reinsertion import ConvWithBatchNorm, has_batchnorm, insert_batchnorm
 from prune_perception.external.distill_finetune import FinetuneResult, distill_finetune
+from prune_perception.external.frame_augment import FrameAugment
 from prune_perception.external.graph_pruning import GraphPruner, dependency_graph, plan_pruning
 from prune_perception.external.label_free_loss import DistillationLoss
 from prune_perception.pruning.channel_masks import (SoftSelector, StraightThroughMask, regrown_filters,
@@ -80,7 +81,8 @@ def check_elastic_model(model: nn.Module) -> None:
 
 def elastic_distill(teacher: nn.Module, example_input: torch.Tensor, loss_of: LossFactory, scorer: AgreementScorer,
                     frames: torch.Tensor, statistics, spec: PruneSpec, settings: PruneSettings, finetune: OptimConfig,
-                    min_crop: float = 1.0, keep_layers: Sequence[str] = (), progress: bool = True) -> ElasticResult:
+                    views: FrameAugment = FrameAugment(), keep_layers: Sequence[str] = (),
+                    progress: bool = True) -> ElasticResult:
     """Soft-prune a copy of ``teacher`` while distilling (module doc), remove the best selection for real.
 
     ``loss_of(student, protected layers)`` builds the distillation loss; ``statistics``: the dense model's
@@ -121,7 +123,7 @@ def elastic_distill(teacher: nn.Module, example_input: torch.Tensor, loss_of: Lo
         tuned = distill_finetune(loss_of(student, protected), frames, scorer,
                                  dataclasses.replace(finetune, epochs=finetune.epochs - settings.elastic_hard_epochs,
                                                      ema=False),
-                                 progress, min_crop, before_epoch, what_if)
+                                 progress, views, before_epoch, what_if)
     finally:
         mask.remove()
     _, ignored = plan_pruning(dependency_graph(student, example_input), student, keep_layers)
@@ -129,7 +131,7 @@ def elastic_distill(teacher: nn.Module, example_input: torch.Tensor, loss_of: Lo
     if settings.elastic_hard_epochs > 0:
         removed = copy.deepcopy(student.state_dict())
         hard = distill_finetune(loss_of(student, protected), frames, scorer,
-                                dataclasses.replace(finetune, epochs=settings.elastic_hard_epochs), progress, min_crop)
+                                dataclasses.replace(finetune, epochs=settings.elastic_hard_epochs), progress, views)
         if hard.best.score() >= tuned.best.score():
             tuned = dataclasses.replace(hard, epochs=tuned.epochs + hard.epochs[1:])
         else:   # like early stopping: the network as the soft phase left it was better

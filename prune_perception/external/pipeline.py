@@ -28,7 +28,8 @@ from prune_perception.config import (ExternalPruneConfig, LabelFreeDistillSettin
 from prune_perception.errors import ConfigError
 from prune_perception.external.agreement import Agreement, AgreementScorer
 from prune_perception.external.batchnorm_reinsertion import conv_statistics, fold_batchnorm, insert_batchnorm
-from prune_perception.external.distill_finetune import FinetuneResult, check_min_crop, distill_finetune
+from prune_perception.external.distill_finetune import FinetuneResult, distill_finetune
+from prune_perception.external.frame_augment import FrameAugment
 from prune_perception.external.elastic_distill import check_elastic, check_elastic_model, elastic_distill
 from prune_perception.external.frames import UnlabeledFrames, load_frames
 from prune_perception.external.graph_pruning import GraphPruner, PrunePlan
@@ -135,7 +136,7 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
     if settings.latency_ms is not None or settings.budget is not None:
         raise ConfigError("prune_module prunes at prune.ratio: a latency target or an accuracy budget is searched by "
                           "prune(ExternalPruneConfig) (prune --latency-ms / --budget)")
-    check_min_crop(distill.min_crop)
+    views = FrameAugment.of(distill)
     check_temperature(distill.temperature)
     terms = parse_terms(distill.loss, layout.decodable)
     teacher = model.eval()
@@ -157,7 +158,7 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
     if schedule == "elastic":
         started = time.monotonic()
         elastic = elastic_distill(teacher, example_input, loss_of, scorer, frames.train, teacher_statistics, spec,
-                                  settings, finetune, distill.min_crop, keep_layers, progress)
+                                  settings, finetune, views, keep_layers, progress)
         fold_batchnorm(elastic.student)
         rows.append(_row(1, spec.ratio, model_cost(elastic.student, input_hw), elastic.first, elastic.tuned.best,
                          time.monotonic() - started, elastic.tuned.epochs))
@@ -181,7 +182,7 @@ def prune_module(model: torch.nn.Module, example_input: torch.Tensor, layout: De
         tuned: FinetuneResult | None = None
         if finetune.epochs > 0:
             tuned = distill_finetune(loss_of(student, pruner.plan.protected), frames.train, scorer, finetune, progress,
-                                     distill.min_crop)
+                                     views)
         fold_batchnorm(student)
         rows.append(_row(step, round(spec.ratio * step / spec.iterative_steps, 6), cost, pruned_score,
                          tuned.best if tuned else score(student) if calibrated else pruned_score,
@@ -251,7 +252,7 @@ def start_imported(config: ExternalPruneConfig, progress: bool = True) -> Import
     if curves and config.prune.layer_ratios:
         raise ConfigError("external.sensitivity chooses the ratio of every group: drop prune.layer_ratios")
     parse_terms(config.distill.loss, True)
-    check_min_crop(config.distill.min_crop)
+    FrameAugment.of(config.distill)
     check_temperature(config.distill.temperature)
     Path(config.output).mkdir(parents=True, exist_ok=True)
     ext = config.external
