@@ -22,7 +22,7 @@ from prune_perception.config import ExternalPruneConfig
 from prune_perception.errors import ConfigError
 from prune_perception.external.pipeline import (ExternalPruneStep, ImportedRun, ModulePruneResult,
                                                 prune_imported_at, start_imported, write_imported_history)
-from prune_perception.pruning.budget import fastest_within_budget, search_budget
+from prune_perception.pruning.budget import budget_latency_note, budget_outcome, fastest_within_budget, search_budget
 from prune_perception.pruning.latency_model import RANKING_RUNS, MeasureSettings, time_models
 
 
@@ -46,12 +46,8 @@ def budget_markdown(candidates: list[ImportedCandidate], config: ExternalPruneCo
                     dense_p50_ms: float) -> str:
     """The candidates as a table (appended to summary.md)."""
     settings = config.prune
-    outcome = (f"chosen ratio **{chosen:g}** (the fastest within budget, by measured latency)" if chosen is not None
-               else "**no ratio met the budget: the dense model was kept unchanged**")
-    lines = ["", f"## Accuracy budget: {settings.budget:g} points of {score_name(config)} ({settings.budget_search}); "
-                 f"{outcome}", "",
-             f"Inference p50 through ONNX Runtime ({settings.latency_device}, {settings.latency_threads or 'default'} "
-             f"thread(s)), round-robin with the dense model ({dense_p50_ms:.2f} ms).", "",
+    lines = ["", f"## Accuracy budget: {settings.budget:g} points of {score_name(config)} ({settings.budget_search})",
+             "", budget_outcome(chosen), "", budget_latency_note(settings, dense_p50_ms), "",
              f"| ratio | params | MACs (M) | {score_name(config)} | p50 (ms) | speed-up | within budget |",
              "|---|---|---|---|---|---|---|"]
     for c in candidates:

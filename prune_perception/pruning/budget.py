@@ -211,15 +211,24 @@ def _budget_summary(path: Path, candidates: list[BudgetCandidate], settings: Pru
             f"inference p50 {chosen.latency_p50_ms:.2f} ms ({settings.latency_device}), val mAP50 {chosen.mAP50:.3f}"]
 
 
+def budget_outcome(chosen_ratio: float | None) -> str:
+    """The verdict of an accuracy-budget search, as its summary states it."""
+    return (f"Chosen ratio: **{chosen_ratio:g}** (the fastest within budget, by measured latency)."
+            if chosen_ratio is not None else "**No ratio met the budget: the dense model was kept unchanged.**")
+
+
+def budget_latency_note(settings: PruneSettings, dense_p50_ms: float) -> str:
+    """How the candidates of an accuracy-budget search were timed, as its summary states it."""
+    return (f"Latency: inference p50 through ONNX Runtime ({settings.latency_device}, "
+            f"{settings.latency_threads or 'default'} thread(s)), all candidates and the dense model timed "
+            f"round-robin; dense {dense_p50_ms:.2f} ms.")
+
+
 def budget_markdown(candidates: list[BudgetCandidate], dense_map50: float, dense_macs: int, settings: PruneSettings,
                     chosen_ratio: float | None, dense_p50_ms: float) -> str:
-    outcome = (f"Chosen ratio: **{chosen_ratio:g}** (the fastest within budget, by measured latency)"
-               if chosen_ratio is not None else "**No ratio met the budget: the dense model was kept unchanged.**")
-    threads = settings.latency_threads or "default"
     lines = [f"# Accuracy-budget pruning ({settings.method}, {settings.budget_search})", "",
-             f"Budget: {settings.budget:g} mAP50 points; dense mAP50 {dense_map50:.3f}. {outcome}", "",
-             f"Latency: inference p50 through ONNX Runtime ({settings.latency_device}, {threads} thread(s)), "
-             f"all candidates and the dense model timed round-robin; dense {dense_p50_ms:.2f} ms.", "",
+             f"Budget: {settings.budget:g} mAP50 points; dense mAP50 {dense_map50:.3f}. {budget_outcome(chosen_ratio)}",
+             "", budget_latency_note(settings, dense_p50_ms), "",
              "| ratio | params | MACs (M) | MACs cut | p50 (ms) | speed-up | mAP50 | mAP50-95 | Δ mAP50 (points) | "
              "within budget | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
