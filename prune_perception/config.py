@@ -184,7 +184,6 @@ class LabelFreeDistillSettings:
     taylor_input_noise: float = 0.05   # taylor importance: the student sees frames + this much noise (x input range)
     batchnorm: bool = True             # BatchNorm after the pruned convs, calibrated to the dense model (folded back)
     min_crop: float = 1.0              # zoom-in crops of >= this fraction of each side while fine-tuning (1: flips only)
-    mosaic: float = 0.0                # share of the fine-tuning frames tiled with three others into a mosaic
 
 
 def _external_prune_defaults() -> PruneSettings:

@@ -322,46 +322,6 @@ def test_augmentation_flips_and_zooms_in_and_refuses_a_bad_crop_fraction(models,
         prune_external(config, progress=False)
 
 
-def _tile_split(coordinates: torch.Tensor, low: float = 0.25, high: float = 0.75) -> int | None:
-    """Where a run of source coordinates wraps (a tile border: h-c..h-1 then 0..h-c-1), or None."""
-    size = len(coordinates)
-    for centre in range(int(size * low), int(size * high) + 1):
-        expected = torch.cat([torch.arange(size - centre, size), torch.arange(0, size - centre)]).float()
-        if torch.equal(coordinates, expected):
-            return centre
-    return None
-
-
-def test_mosaic_tiles_four_frames_around_a_centre_and_refuses_a_bad_share(models, frames_dir):
-    """Each pixel of the frames encodes (frame, row, column), so every mosaic tile can be traced to its source."""
-    count, (height, width) = 32, INPUT_HW
-    rows, columns = torch.meshgrid(torch.arange(height).float(), torch.arange(width).float(), indexing="ij")
-    frames = torch.stack([torch.stack([torch.full((height, width), float(index)), rows, columns])
-                          for index in range(count)])
-    views = FrameAugment(mosaic=1.0)(frames, torch.Generator().manual_seed(2))
-    sources_per_view = []
-    for view in views:
-        if view[2, 0, 0] < view[2, 0, -1] and _tile_split(view[2, 0].flip(0)) is not None:
-            view = view.flip(-1)   # the flip after the mosaic: undo it
-        centre_y, centre_x = _tile_split(view[1, :, 0]), _tile_split(view[2, 0])
-        assert centre_y is not None and centre_x is not None, "a view is not four tiles around a centre"
-        tiles = [view[:, :centre_y, :centre_x], view[:, :centre_y, centre_x:], view[:, centre_y:, :centre_x],
-                 view[:, centre_y:, centre_x:]]
-        for tile in tiles:   # one frame per tile, its pixels contiguous in that frame
-            assert torch.all(tile[0] == tile[0, 0, 0])
-            assert torch.all(tile[1] - tile[1, 0, 0] == rows[:tile.shape[1], :tile.shape[2]])
-            assert torch.all(tile[2] - tile[2, 0, 0] == columns[:tile.shape[1], :tile.shape[2]])
-        sources_per_view.append(len({int(tile[0, 0, 0]) for tile in tiles}))
-    assert sum(sources > 1 for sources in sources_per_view) >= count - 2
-    some = FrameAugment(mosaic=0.5)(frames, torch.Generator().manual_seed(3))
-    tiled = sum(not torch.equal(view[1, :, 0], rows[:, 0]) for view in some)
-    assert 4 <= tiled <= 28   # about half the frames are mosaics
-    config = _config(models["yolox"], frames_dir, "unused")
-    config.distill.mosaic = 1.5
-    with pytest.raises(ConfigError, match="distill.mosaic must be in"):
-        prune_external(config, progress=False)
-
-
 def test_in_memory_module_with_raw_layout_and_user_loss(frames_dir):
     """The Python API on a user's own nn.Module (no ONNX): raw outputs matched, the user's loss term added."""
     model = build_detector("unknown")

@@ -4,7 +4,7 @@ The ``finetune`` section as training reads it (:mod:`prune_perception.training.s
 a student without any BatchNorm, e.g. with ``distill.batchnorm`` off, per-tensor learning rates relative to
 each tensor's scale: :func:`relative_lr_groups`), warm-up then cosine (or plateau) LR, and with ``ema`` an
 exponential moving average of the student's weights that is scored and kept instead of the raw weights.
-Augmented views of the frames (:mod:`.frame_augment`: flips, zoom-in crops, mosaics), agreement on the
+Augmented views of the frames (:mod:`.frame_augment`: flips, zoom-in crops), agreement on the
 held-out frames after every ``eval_interval`` epochs, early stop after ``patience`` evaluations without gain,
 and the best weights restored at the end. ``time_limit_min`` stops between epochs.
 """
