@@ -29,8 +29,8 @@ from prune_perception.errors import ConfigError
 from prune_perception.external.agreement import Agreement, AgreementScorer
 from prune_perception.external.batchnorm_reinsertion import conv_statistics, fold_batchnorm, insert_batchnorm
 from prune_perception.external.distill_finetune import FinetuneResult, distill_finetune
-from prune_perception.external.frame_augment import FrameAugment
 from prune_perception.external.elastic_distill import check_elastic, check_elastic_model, elastic_distill
+from prune_perception.external.frame_augment import FrameAugment
 from prune_perception.external.frames import UnlabeledFrames, load_frames
 from prune_perception.external.graph_pruning import GraphPruner, PrunePlan
 from prune_perception.external.label_free_loss import DistillationLoss, UserLoss, check_temperature, parse_terms
