@@ -72,7 +72,6 @@ def distill_finetune(loss: DistillationLoss, frames: torch.Tensor, scorer: Agree
         raise ConfigError(f"fine-tuning needs epochs >= 1, batch_size >= 1, lr > 0 and eval_interval >= 1, got "
                           f"{optim.epochs}, {optim.batch_size}, {optim.lr}, {optim.eval_interval}")
     check_optim_choices(optim, "finetune")
-    views.check()
     if optim.ema and scored_model is not None:
         raise ValueError("finetune.ema averages the student, scored_model scores another network: pass ema off")
     student = loss.student

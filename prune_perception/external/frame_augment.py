@@ -19,21 +19,19 @@ from prune_perception.errors import ConfigError
 
 @dataclass(frozen=True)
 class FrameAugment:
-    """Horizontal flips (half the frames), then with ``min_crop < 1`` zoom-in crops (``distill.min_crop``)."""
+    """Horizontal flips (half the frames), then with ``min_crop < 1`` zoom-in crops (``distill.min_crop``).
+    Checked when made: ConfigError for a crop fraction outside (0, 1]."""
 
     min_crop: float = 1.0
 
-    @classmethod
-    def of(cls, distill: LabelFreeDistillSettings) -> FrameAugment:
-        """The views the ``distill`` section asks for, checked."""
-        views = cls(distill.min_crop)
-        views.check()
-        return views
-
-    def check(self) -> None:
-        """ConfigError for a crop fraction outside (0, 1]."""
+    def __post_init__(self) -> None:
         if not 0 < self.min_crop <= 1:
             raise ConfigError(f"distill.min_crop must be in (0, 1] (1: no zoom-in crops), got {self.min_crop}")
+
+    @classmethod
+    def of(cls, distill: LabelFreeDistillSettings) -> FrameAugment:
+        """The views the ``distill`` section asks for (ConfigError for a bad value)."""
+        return cls(distill.min_crop)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A new batch of views of ``images`` (``[N,3,H,W]``), drawn from ``generator``."""
