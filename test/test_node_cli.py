@@ -1,8 +1,12 @@
 """`prune-perception node`: the in-process runner for pip installs (real nodes, real DDS, subprocess)."""
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +55,49 @@ def test_bad_input_is_one_line_and_exit_2(tiny_onnx_model, args, message):
     assert len(lines) == 1 and lines[0].startswith("prune-perception node: error:"), result.stderr
     if message:
         assert message in lines[0]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_node_stops_cleanly_on_a_signal(tiny_onnx_model, stop):
+    """Ctrl-C and a supervisor's SIGTERM end `node` the same way: the spin loop stops, the detector's worker
+    is joined and the nodes destroyed before rclpy shuts down; exit 0 with the frame counts printed."""
+    proc = subprocess.Popen([sys.executable, "-m", "prune_perception.cli", "node", "--model", str(tiny_onnx_model),
+                             "--camera", "synthetic", "--camera-size", "320x192", "--camera-fps", "10",
+                             "-p", "providers=[cpu]"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    stderr_lines: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not any("model loaded" in line for line in stderr_lines) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, "".join(stderr_lines)[-2000:]
+        time.sleep(2.0)   # frames flow at 10 fps
+        proc.send_signal(stop)
+        returncode = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    stdout = proc.stdout.read()
+    assert returncode == 0, "".join(stderr_lines)[-2000:]
+    counts = [tuple(map(int, m.groups()[1:])) for m in COUNTS.finditer(stdout)]
+    assert len(counts) == 1, (stdout, "".join(stderr_lines)[-2000:])
+    received, processed, dropped, failed = counts[0]
+    assert received > 0 and processed > 0 and failed == 0
+    assert received == processed + dropped + failed
+
+
+def test_stop_on_signals_sets_its_event_and_restores_the_handlers():
+    from prune_perception.ros.entry import stop_on_signals
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in before:
+        with stop_on_signals() as stop:
+            assert not stop.is_set()
+            os.kill(os.getpid(), sig)
+            assert stop.wait(5), f"{sig.name} did not set the stop event"
+        assert {s: signal.getsignal(s) for s in before} == before

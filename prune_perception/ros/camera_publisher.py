@@ -27,7 +27,7 @@ from std_msgs.msg import Header
 
 from prune_perception.errors import ConfigError, PrunePerceptionError
 from prune_perception.node_params import ParamSpec, validate_params
-from prune_perception.ros.entry import start_node
+from prune_perception.ros.entry import start_node, stop_on_signals
 from prune_perception.ros.messages import compressed_to_msg, image_to_msg
 from prune_perception.runtime.image_msg import RAW_ENCODINGS, convert_color
 
@@ -170,17 +170,16 @@ def main(args: list[str] | None = None) -> int:
     node = start_node("camera_publisher", args, CameraPublisher)
     if node is None:
         return 2
-    try:
-        while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except KeyboardInterrupt:
-        pass
-    except PrunePerceptionError as exc:
-        print(f"camera_publisher: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    with stop_on_signals() as stop:
+        try:
+            while rclpy.ok() and not node.done and not stop.is_set():
+                rclpy.spin_once(node, timeout_sec=0.1)
+        except PrunePerceptionError as exc:
+            print(f"camera_publisher: error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown()
     return 0
 
 

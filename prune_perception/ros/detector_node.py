@@ -21,7 +21,6 @@ its loader thread builds a new engine on a ``model_path`` change. Parameters are
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import threading
 import time
@@ -38,13 +37,12 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray, LabelInfo, VisionClass
 
 from prune_perception.errors import ConfigError
 from prune_perception.node_params import DETECTOR_PARAMS, PARAMS_BY_NAME, ParamSpec, validate_params
-from prune_perception.ros.entry import start_node
+from prune_perception.ros.entry import start_node, stop_on_signals
 from prune_perception.ros.messages import detections_to_ros_msg, image_to_msg
 from prune_perception.runtime.detector_core import RELOAD_PARAMS, DetectorCore, FrameResult
 from prune_perception.runtime.health import ERROR, LEVEL_NAMES, OK
@@ -54,6 +52,8 @@ from prune_perception.runtime.postprocess import Detections
 from prune_perception.runtime.preprocess import as_uint8_color
 
 LOG_THROTTLE_S = 2.0
+SPIN_SLICE_S = 0.1
+"""Longest wait of the spin loop: a stop asked for by a signal is seen within it."""
 ROS_TYPES = {"bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER, "float": Parameter.Type.DOUBLE,
              "str": Parameter.Type.STRING, "str_list": Parameter.Type.STRING_ARRAY}
 LABEL_INFO_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -383,25 +383,25 @@ def close_nodes(nodes: list[Node]) -> None:
         node.destroy_node()
 
 
-def spin_resilient(executor: rclpy.executors.Executor, logger, duration: float | None = None) -> None:
-    """``executor.spin()`` (or for ``duration`` s) that survives an exception raised by a callback.
+def spin_resilient(executor: rclpy.executors.Executor, logger, duration: float | None = None,
+                   stop: threading.Event | None = None) -> None:
+    """Spin ``executor`` until its context is shut down, ``stop`` is set or ``duration`` s have passed,
+    surviving an exception raised by a callback.
 
     rclpy re-raises a callback's exception out of ``spin``: one malformed request from any client on
     the network (e.g. a SetParameters request with an invalid parameter type, which rclpy's own
     parameter service cannot convert) would otherwise stop the node. The error is logged and the
-    executor spins on; Ctrl-C and shutdown end it as before."""
+    executor spins on. Waits last at most ``SPIN_SLICE_S``, so ``stop`` (set by a signal handler, which
+    Python runs only between waits) is seen within that."""
     end = None if duration is None else time.monotonic() + duration
     while executor.context.ok():
         try:
-            if end is None:
-                executor.spin()
-            else:
-                remaining = end - time.monotonic()
-                if remaining <= 0:
+            while executor.context.ok() and not (stop is not None and stop.is_set()):
+                if end is not None and time.monotonic() >= end:
                     return
-                executor.spin_until_future_complete(Future(), timeout_sec=remaining)
+                executor.spin_once(timeout_sec=SPIN_SLICE_S)
             return
-        except (KeyboardInterrupt, ExternalShutdownException):
+        except ExternalShutdownException:
             raise
         except Exception as exc:  # a callback failed: keep serving
             logger.error(f"a callback raised {type(exc).__name__}: {exc}; the node keeps running",
@@ -409,22 +409,21 @@ def spin_resilient(executor: rclpy.executors.Executor, logger, duration: float |
 
 
 def run_nodes(nodes: list[Node], duration: float | None = None) -> None:
-    """Spin ``nodes`` on one executor until Ctrl-C / shutdown (or ``duration`` s), then close and destroy them
-    and shut rclpy down. Single-threaded: every callback is cheap (the detector works in its own thread),
-    and rclpy's multi-threaded executor costs more per message than it saves."""
+    """Spin ``nodes`` on one executor until SIGINT / SIGTERM / shutdown (or ``duration`` s), then close and
+    destroy them and shut rclpy down. Single-threaded: every callback is cheap (the detector works in its
+    own thread), and rclpy's multi-threaded executor costs more per message than it saves."""
     executor = rclpy.executors.SingleThreadedExecutor(context=nodes[0].context)
     for node in nodes:
         executor.add_node(node)
-    try:
-        spin_resilient(executor, nodes[0].get_logger(), duration)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not break the clean-up
-        executor.shutdown()
-        close_nodes(nodes)
-        rclpy.try_shutdown(context=nodes[0].context)
+    with stop_on_signals() as stop:
+        try:
+            spin_resilient(executor, nodes[0].get_logger(), duration, stop)
+        except ExternalShutdownException:
+            pass
+        finally:
+            executor.shutdown()
+            close_nodes(nodes)
+            rclpy.try_shutdown(context=nodes[0].context)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -1,15 +1,25 @@
-"""Start-up of the node executables: argument checks rcl would only report with a traceback, then rclpy.init."""
+"""Start-up of the node executables: argument checks rcl would only report with a traceback, then rclpy.init;
+and their stop on SIGINT / SIGTERM.
+
+rclpy's own signal handlers are not installed: on a signal they shut every ROS context down at once, from a
+thread of their own, while a detector's worker thread may still be publishing into it. Here a signal only
+asks the spin loop to stop (:func:`stop_on_signals`); the nodes are then closed in order (worker joined,
+nodes destroyed) and rclpy is shut down last."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import rclpy
 import yaml
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 from prune_perception.errors import PrunePerceptionError
 
@@ -49,7 +59,7 @@ def init_rclpy(program: str, args: Sequence[str] | None) -> bool:
             print(f"{program}: error: {problem}", file=sys.stderr)
             return False
     try:
-        rclpy.init(args=argv)
+        rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as exc:  # rcl argument errors: already logged by rcl, say what failed in one line
         print(f"{program}: error: cannot start ROS 2 with these arguments ({type(exc).__name__}: {exc})",
               file=sys.stderr)
@@ -67,3 +77,23 @@ def start_node(program: str, args: Sequence[str] | None, make_node: Callable[[],
         print(f"{program}: error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return None
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event that SIGINT or SIGTERM sets while the block runs (Python's handlers are restored after it).
+
+    Outside the main thread no handler can be installed and the event is never set. A spin loop checks it
+    between short waits, so a second Ctrl-C during the clean-up only sets it again."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)

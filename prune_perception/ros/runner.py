@@ -77,12 +77,13 @@ def run(config: RunnerConfig, on_started=None) -> list[dict[str, int]]:
 
     import rclpy
     from rclpy.parameter import Parameter
+    from rclpy.signals import SignalHandlerOptions
 
     from prune_perception.ros.camera_publisher import CameraPublisher
     from prune_perception.ros.detector_node import (DetectorNode, LifecycleDetectorNode, close_nodes, ros_parameter,
                                                     run_nodes)
 
-    rclpy.init(args=[])
+    rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)   # see ros/entry.py
     nodes, detectors = [], []
     try:
         for ns, params in all_params.items():
