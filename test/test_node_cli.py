@@ -23,6 +23,15 @@ def run_cli(*args, timeout=120):
                           text=True, timeout=timeout, cwd=REPO)
 
 
+def assert_counts(stdout: str, detectors: int, context) -> None:
+    """One counts line per detector, each with frames received and processed, none failed, none lost."""
+    counts = [tuple(map(int, m.groups()[1:])) for m in COUNTS.finditer(stdout)]
+    assert len(counts) == detectors, context
+    for received, processed, dropped, failed in counts:
+        assert received > 0 and processed > 0 and failed == 0
+        assert received == processed + dropped + failed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cameras, detectors", [(None, 1), ("front,rear", 2)])
 def test_node_runs_with_synthetic_cameras(tiny_onnx_model, cameras, detectors):
@@ -33,11 +42,7 @@ def test_node_runs_with_synthetic_cameras(tiny_onnx_model, cameras, detectors):
         args += ["--cameras", cameras]
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-2000:]
-    counts = [tuple(map(int, m.groups()[1:])) for m in COUNTS.finditer(result.stdout)]
-    assert len(counts) == detectors, result.stdout
-    for received, processed, dropped, failed in counts:
-        assert received > 0 and processed > 0 and failed == 0
-        assert received == processed + dropped + failed
+    assert_counts(result.stdout, detectors, result.stdout)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -83,12 +88,9 @@ def test_node_stops_cleanly_on_a_signal(tiny_onnx_model, stop):
             proc.wait()
     reader.join(5)
     stdout = proc.stdout.read()
-    assert returncode == 0, "".join(stderr_lines)[-2000:]
-    counts = [tuple(map(int, m.groups()[1:])) for m in COUNTS.finditer(stdout)]
-    assert len(counts) == 1, (stdout, "".join(stderr_lines)[-2000:])
-    received, processed, dropped, failed = counts[0]
-    assert received > 0 and processed > 0 and failed == 0
-    assert received == processed + dropped + failed
+    stderr = "".join(stderr_lines)[-2000:]
+    assert returncode == 0, stderr
+    assert_counts(stdout, 1, (stdout, stderr))
 
 
 def test_stop_on_signals_sets_its_event_and_restores_the_handlers():
